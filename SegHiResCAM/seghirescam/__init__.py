@@ -1,0 +1,1 @@
+"""SegHiResCAM: Seg-HiRes-Grad CAM and Seg-Grad CAM for segmentation U-Nets."""
