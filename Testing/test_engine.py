@@ -229,3 +229,38 @@ def test_cuda_matches_cpu(small_unet):
     assert gpu.device.startswith("cuda") and next(small_unet.parameters()).device.type == "cpu"
     for key in cpu:
         np.testing.assert_allclose(gpu[key], cpu[key], rtol=1e-4, atol=1e-4 * cpu[key].max())
+
+
+def test_out_of_memory_halves_the_batch_and_says_so(small_unet, monkeypatch):
+    from seghirescam import engine
+
+    real, sizes = engine._explain_batch, []
+
+    def tight_memory(model, x, *args):
+        sizes.append(x.shape[0])
+        if x.shape[0] > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(model, x, *args)
+
+    volume, mask = _volume(), _mask("whole", 0)
+    mask[:] = True
+    expected = shc.explain_volume(small_unet, volume, mask, 1, batch_size=6)
+    monkeypatch.setattr(engine, "_explain_batch", tight_memory)
+    with pytest.warns(RuntimeWarning, match="retrying with batch_size=3"):
+        result = shc.explain_volume(small_unet, volume, mask, 1, batch_size=6)
+    assert sizes[:3] == [6, 3, 1] or sizes[:3] == [6, 3, 2]
+    assert result.batch_size <= 2
+    for key in expected:
+        np.testing.assert_allclose(result[key], expected[key], rtol=1e-4, atol=1e-6)
+
+
+def test_auto_batch_size_fits_the_memory(small_unet, monkeypatch):
+    from seghirescam import runtime
+
+    example = torch.zeros(1, 1, 64, 64)
+    assert runtime.auto_batch_size(small_unet, example, n_slices=100) == 16  # CPU cap, plenty of memory
+    assert runtime.auto_batch_size(small_unet, example, n_slices=5) == 5
+    monkeypatch.setattr(runtime, "_available_bytes", lambda device: 4 * 3 * 2_000_000)
+    assert 1 <= runtime.auto_batch_size(small_unet, example, n_slices=100) < 16
+    monkeypatch.setattr(runtime, "_available_bytes", lambda device: 0)
+    assert runtime.auto_batch_size(small_unet, example, n_slices=100) == 1

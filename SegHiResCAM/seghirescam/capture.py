@@ -31,6 +31,9 @@ def resolve_layers(model: nn.Module, layers: Sequence[str]) -> dict[str, nn.Modu
         raise TypeError(f"layers must be a sequence of names, e.g. ({layers!r},), not a string")
     if not layers:
         raise ValueError("at least one layer must be explained")
+    if isinstance(model, torch.jit.ScriptModule):
+        raise ValueError("a TorchScript model runs compiled code, where no hook can read a layer's activations; "
+                         "explain the Python model (or give its card the UNet2D architecture so it is rebuilt)")
     modules = dict(model.named_modules())
     resolved = {}
     for name in layers:

@@ -211,7 +211,7 @@ def explain_volume(model: nn.Module, volume: np.ndarray, mask: np.ndarray, targe
                 x, m = prepared(indices)
                 batch_maps = _explain_batch(work_model, x, m, target_class, layers, method_list, multiple, False, autocast)
             except RuntimeError as error:
-                if torch_device.type == "cpu" or not is_out_of_memory(error) or batch_size == 1:
+                if not is_out_of_memory(error) or batch_size == 1:
                     raise
                 batch_size //= 2
                 warnings.warn(f"out of memory on {torch_device}; retrying with batch_size={batch_size}", RuntimeWarning,

@@ -115,6 +115,6 @@ def autocast_context(device: torch.device, autocast: str | None):
 
 
 def is_out_of_memory(error: BaseException) -> bool:
-    """True for a GPU out-of-memory error (the batch can be halved and retried)."""
+    """True for an out-of-memory error of a device (the batch can be halved and retried)."""
     return isinstance(error, torch.cuda.OutOfMemoryError) or "out of memory" in str(error).lower()
 
