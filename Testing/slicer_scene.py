@@ -46,8 +46,8 @@ def make_headless_slicer() -> HeadlessSlicer:
         vtk.vtkObject.SetGlobalWarningDisplay(warnings)
     app.SetModuleLogic("Colors", colors)
     logics = {}
-    for name, cls in (("Volumes", slicer.vtkSlicerVolumesLogic), ("Segmentations", slicer.vtkSlicerSegmentationsModuleLogic),
-                      ("Markups", slicer.vtkSlicerMarkupsLogic)):
+    for name, cls in (("Volumes", slicer.vtkSlicerVolumesLogic), ("Markups", slicer.vtkSlicerMarkupsLogic),
+                      ("Segmentations", slicer.vtkSlicerSegmentationsModuleLogic)):
         logic = cls()
         logic.SetMRMLApplicationLogic(app)
         logic.SetMRMLScene(scene)
@@ -77,7 +77,8 @@ def segmentation_from_labels(scene: slicer.vtkMRMLScene, labels_kji: np.ndarray,
     segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
     if not slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmap, segmentation):
         raise RuntimeError("importing the labelmap failed")
-    keep = {segmentation.GetID(), *(segmentation.GetNthDisplayNodeID(n) for n in range(segmentation.GetNumberOfDisplayNodes()))}
+    keep = {segmentation.GetID(),
+            *(segmentation.GetNthDisplayNodeID(n) for n in range(segmentation.GetNumberOfDisplayNodes()))}
     for node_id in {scene.GetNthNode(n).GetID() for n in range(scene.GetNumberOfNodes())} - before - keep:
         if scene.GetNodeByID(node_id) is not None:
             scene.RemoveNode(scene.GetNodeByID(node_id))

@@ -20,7 +20,7 @@ from seghirescam import ExplanationCancelled, UNet2D, explain_volume, predict_vo
 from seghirescam.geometry import Geometry  # noqa: E402
 from seghirescam.models import LoadedModel, unet_card  # noqa: E402
 from seghirescam.mrml import ATTRIBUTE_PREFIX, SegHiResCAMLogic, renderSliceView  # noqa: E402
-from seghirescam.mrml_display import INFERNO_TABLE_NAME  # noqa: E402
+from seghirescam.mrml_display import INFERNO_TABLE_NAME, add_legend, inferno_rgb  # noqa: E402
 from seghirescam.mrml_io import ijk_to_ras_of, node_ids  # noqa: E402
 from seghirescam.phantom import make_phantom  # noqa: E402
 from seghirescam.volumes import SliceOrientation  # noqa: E402
@@ -107,11 +107,20 @@ def test_heatmap_display_uses_one_inferno_table(real):
     assert tables.GetNumberOfItems() == 1
     table = tables.GetItemAsObject(0)
     assert table.GetNumberOfColors() == 256
+    colors = inferno_rgb()
+    assert colors[0] == pytest.approx((0, 0, 4 / 255)) and colors[-1] == pytest.approx((252 / 255, 1.0, 164 / 255))
+    rgba = [0.0] * 4
+    table.GetColor(200, rgba)
+    assert rgba[:3] == pytest.approx(colors[200])
     for node in _heatmaps(real.logic, real.ct).values():
         display = node.GetDisplayNode()
         assert display.GetColorNodeID() == table.GetID()
         assert (display.GetWindow(), display.GetLevel()) == pytest.approx((1.0, 0.5))
         assert display.GetApplyThreshold() and display.GetLowerThreshold() == pytest.approx(0.05)
+    legend = add_legend(node, real.app.colors)  # what the app does with slicer.modules.colors.logic()
+    assert legend is not None and legend.GetTitleText() == "CAM (normalised)"
+    assert legend.GetDisplayableNode() is node
+    real.scene.RemoveNode(legend)
 
 
 def test_rerun_replaces_and_keep_previous_adds(real, model):
@@ -124,7 +133,8 @@ def test_rerun_replaces_and_keep_previous_adds(real, model):
     assert all(real.scene.GetNodeByID(i) is None for i in old_ids)
     assert all(np.array_equal(slicer.util.arrayFromVolume(new[k]), old_arrays[k]) for k in new)
     kept = real.logic.process(real.ct, real.seg, real.segment_id, model=model, methods=("seg-hires-grad-cam",),
-                              device="cpu", batchSize=8, keepPrevious=True, outputPrefix="Kept")
+                              pixelSet="slice", sliceIndex=85, device="cpu", batchSize=8, keepPrevious=True,
+                              outputPrefix="Kept")
     assert len(real.logic.resultNodes(real.ct)) == len(old) + 1
     assert all(real.scene.GetNodeByID(n.GetID()) is n for n in new.values())
     assert kept[KEY].GetName().startswith("Kept Seg-HiRes-Grad CAM")
@@ -216,7 +226,7 @@ def _rotation_z(degrees: float) -> np.ndarray:
 @pytest.fixture(scope="module")
 def kits():
     """A phantom stored KiTS-like (axial axis first in file order, 20 degrees in-plane rotation), anisotropic."""
-    phantom = make_phantom(seed=0, shape=(24, 96, 96))
+    phantom = make_phantom(seed=0, shape=(16, 64, 64), spacing=(5.0, 5.0, 12.0))
     geometry = Geometry(spacing=(3.0, 0.8, 0.7), origin=(10.0, -20.0, 30.0),
                         direction=tuple((_rotation_z(20) @ KITS_IPL).ravel()))
     orientation = SliceOrientation.from_geometry(geometry)
@@ -256,7 +266,7 @@ def test_parent_transform_is_shared_and_points_are_taken_in_world_space(kits, mo
     kits.ct_node.SetAndObserveTransformNodeID(transform.GetID())
     kits.seg.SetAndObserveTransformNodeID(transform.GetID())
     try:
-        voxel = (40, 50, 12)  # (k, j, i); axial index = i = 12
+        voxel = (30, 35, 9)  # (k, j, i); axial index = i = 9
         world = (matrix @ kits.geometry.ijk_to_ras() @ [voxel[2], voxel[1], voxel[0], 1.0])[:3]
         points = kits.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "P")
         points.AddControlPoint(vtk.vtkVector3d(*world))
@@ -298,7 +308,32 @@ def test_prediction_pixel_set_adds_a_named_segmentation(kits, model):
     assert prediction.GetAttribute(ATTRIBUTE_PREFIX + "Role") == "prediction"
     heat = slicer.util.arrayFromVolume(nodes[KEY])
     assert not heat[:, :, ~(predicted == target).any(axis=(0, 1))].any()
-    again = kits.logic.process(kits.ct_node, None, None, model=model, targetClass=target, pixelSet="prediction",
-                               device="cpu", batchSize=8)
+    again = kits.logic.process(kits.ct_node, None, None, model=model, targetClass=target, pixelSet="slice",
+                               sliceIndex=3, device="cpu", batchSize=8)
     assert kits.scene.GetNodeByID(prediction.GetID()) is None  # replaced with the rest of the last run
-    assert len(again) == 2 and kits.scene.GetNodesByClass("vtkMRMLSegmentationNode").GetNumberOfItems() == count + 1
+    assert len(again) == 2 and kits.scene.GetNodesByClass("vtkMRMLSegmentationNode").GetNumberOfItems() == count
+    assert kits.logic.lastPredictionNode is None
+
+
+def test_module_self_test_body_runs_headless(model):
+    from seghirescam.mrml_selftest import run_self_test
+
+    app = make_headless_slicer()
+    summary = run_self_test(app.scene, model=model, shape=(16, 64, 64), spacing=(5.0, 5.0, 12.0), device="cpu")
+    assert len(summary["heatmaps"]) == 2 and summary["slices_with_kidney"] > 0
+
+
+def test_only_the_mrml_modules_import_slicer():
+    """The core package stays importable without Slicer: no slicer/vtk/qt/ctk import anywhere else (even lazily)."""
+    import ast
+
+    package = Path(__file__).resolve().parents[1] / "SegHiResCAM" / "seghirescam"
+    offenders = []
+    for path in sorted(package.glob("*.py")):
+        if path.stem.startswith("mrml"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+            offenders += [f"{path.name}: {n}" for n in names if n.split(".")[0] in ("slicer", "vtk", "qt", "ctk")]
+    assert not offenders

@@ -1,4 +1,4 @@
-"""The command line: ``seghirescam demo | explain | train``."""
+"""The command line: ``seghirescam demo | explain | batch | train | evaluate``."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", type=Path, required=True, help="the .safetensors file to write (card beside it)")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder of the shared real CT")
     parser.add_argument("--no-real-ct", action="store_true", help="train on phantoms only")
-    parser.add_argument("--minutes", type=float, default=15.0, help="optimisation time budget")
+    parser.add_argument("--steps", type=int, default=1600, help="optimiser steps (reproducible with --seed)")
+    parser.add_argument("--max-minutes", type=float, default=20.0, help="stop early past this wall time")
     parser.add_argument("--seed", type=int, default=0)
 
 
@@ -27,7 +28,7 @@ def _run_train(args: argparse.Namespace) -> int:
     data = None if args.no_real_ct else args.data
     if data is not None and not (data / "example_ct.nii.gz").is_file():
         raise SystemExit(f"the real CT is not in {data}; pass --data DIR or --no-real-ct")
-    path = train_default_model(args.out, data, minutes=args.minutes, seed=args.seed)
+    path = train_default_model(args.out, data, steps=args.steps, max_minutes=args.max_minutes, seed=args.seed)
     print(f"model: {path}")
     return 0
 
@@ -38,7 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     Returns:
         The process exit code.
     """
+    from .cli_batch import add_batch, run_batch_command
     from .cli_explain import add_demo, add_explain, run_demo, run_explain
+    from .evaluate_cli import add_evaluate, run_evaluate
 
     parser = argparse.ArgumentParser(prog="seghirescam", description="Explain segmentation U-Nets with "
                                      "Seg-HiRes-Grad CAM and Seg-Grad CAM.")
@@ -46,11 +49,15 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     add_demo(commands)
     add_explain(commands)
+    add_batch(commands)
     _add_train(commands)
+    add_evaluate(commands)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose or args.command == "train" else logging.WARNING,
+    verbose = args.verbose or args.command in ("train", "evaluate")
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    runners = {"demo": run_demo, "explain": run_explain, "train": _run_train}
+    runners = {"demo": run_demo, "explain": run_explain, "batch": run_batch_command, "train": _run_train,
+               "evaluate": run_evaluate}
     try:
         return runners[args.command](args)
     except (ValueError, FileNotFoundError, OSError) as error:

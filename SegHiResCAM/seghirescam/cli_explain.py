@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
+from .cases import prepare_case, read_label_names
 from .methods import METHODS
 from .models import LoadedModel, load_default_model, load_model
 from .outputs import write_explanation, write_json
 from .pipeline import explain_ct, predict_ct
-from .pixelsets import pixel_set_from_points
-from .volumes import Volume, axial_axis, read_volume, resample_labels_onto, write_volume
+from .volumes import Volume, write_volume
 
 __all__ = ["add_demo", "add_explain", "run_demo", "run_explain", "DEMO_CASE"]
 
@@ -134,51 +133,17 @@ def _print_summary(summary_path: Path, files: dict, records: list[dict]) -> None
     print(f"summary                  {summary_path}")
 
 
-def _label_names(args: argparse.Namespace, loaded: LoadedModel) -> dict[int, str]:
-    if args.label_names:
-        return {int(k): str(v) for k, v in json.loads(args.label_names.read_text()).items()}
-    return dict(enumerate(loaded.card.classes))
-
-
-def _target_class(args: argparse.Namespace, loaded: LoadedModel, segment_name: str) -> int:
-    if args.target_class is None:
-        return loaded.card.class_for_segment(segment_name)
-    if args.target_class.isdigit():
-        return int(args.target_class)
-    return loaded.card.class_for_segment(args.target_class)
-
-
 def run_explain(args: argparse.Namespace) -> int:
     """Explain one segment of a CT file; write heatmaps with the CT's geometry."""
     started = time.perf_counter()
     loaded = _load(args)
-    ct = read_volume(args.ct)
-    labels = resample_labels_onto(read_volume(args.seg), ct.geometry, ct.array.shape)
-    names = _label_names(args, loaded)
-    if args.segment is not None:
-        values = [v for v, n in names.items() if n.lower() == args.segment.lower()]
-        if not values:
-            raise ValueError(f"no label is named {args.segment!r}; known names: {', '.join(names.values())}")
-        segment_name = args.segment
-    else:
-        values = args.label
-        segment_name = names.get(values[0], f"label {values[0]}")
-    segment = np.isin(labels, values)
-    if not segment.any():
-        raise ValueError(f"the segment {segment_name!r} (label {values}) is empty on the CT's grid")
-    c = _target_class(args, loaded, segment_name)
-    if args.pixel_set == "segment":
-        mask = segment
-    elif args.pixel_set == "prediction":
-        mask = predict_ct(ct, loaded, device=args.device) == c
-        if not mask.any():
-            raise ValueError(f"the model predicts no {loaded.card.classes[c]} on this CT: no pixel set")
-    else:
-        if not args.point:
-            raise ValueError("--pixel-set point needs --point I,J,K")
-        i, j, k = (int(v) for v in args.point.split(","))
-        mask = pixel_set_from_points(ct.array.shape, [(k, j, i)], radius=args.point_radius,
-                                     axis=axial_axis(ct.geometry))
+    point = [int(v) for v in args.point.split(",")] if args.point else None
+    case = prepare_case(args.ct, args.seg, loaded, label_values=args.label, segment_name=args.segment,
+                        label_names=read_label_names(args.label_names) if args.label_names else None,
+                        target_class=args.target_class, pixel_set=args.pixel_set, point=point,
+                        point_radius=args.point_radius, device=args.device)
+    ct, mask, segment, c = case.ct, case.mask, case.segment, case.target_class
+    segment_name, values = case.segment_name, case.label_values
     target = segment_name.replace(" ", "_")
     record = _explain_target(args.out, ct, loaded, target, c, mask, segment, args.layer, _engine_options(args),
                              extension=args.format)

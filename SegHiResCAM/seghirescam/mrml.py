@@ -16,23 +16,24 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import slicer
 
-from .engine import DEFAULT_METHODS, explain_volume
+from .engine import DEFAULT_METHODS
 from .geometry import Geometry
-from .inference import predict_volume
 from .models import LoadedModel, load_default_model, load_model
 from .mrml_display import heatmap_color_node, setup_heatmap_display, show_in_slice_views
 from .mrml_io import (add_heatmap_node, add_prediction_segmentation, ct_array_and_geometry, ijk_to_ras_of, node_ids,
                       remove_nodes, remove_with_dependents, segment_mask, voxel_at_world)
 from .mrml_render import renderSliceView
+from .pipeline import explain_ct, predict_ct
 from .pixelsets import pixel_set_from_points, pixel_set_whole_slices
 from .result import ExplanationCancelled
-from .volumes import SliceOrientation
+from .volumes import SliceOrientation, Volume
 
 __all__ = ["SegHiResCAMLogic", "renderSliceView", "METHOD_TITLES", "PIXEL_SETS", "ATTRIBUTE_PREFIX"]
 
 logger = logging.getLogger(__name__)
 
-METHOD_TITLES = {"seg-hires-grad-cam": "Seg-HiRes-Grad CAM", "seg-grad-cam": "Seg-Grad CAM", "seg-xres-cam": "Seg-XRes CAM"}
+METHOD_TITLES = {"seg-hires-grad-cam": "Seg-HiRes-Grad CAM", "seg-grad-cam": "Seg-Grad CAM",
+                 "seg-xres-cam": "Seg-XRes CAM"}
 PIXEL_SETS = ("segment", "prediction", "point", "slice")
 ATTRIBUTE_PREFIX = "SegHiResCAM."
 POINT_RADIUS = 2  # in-plane disc radius (pixels) around a markups point
@@ -105,7 +106,8 @@ class SegHiResCAMLogic:
             How many nodes were removed.
         """
         keep_ids = {node.GetID() for node in keep if node is not None}
-        old = [n for role in ("heatmap", "prediction") for n in self.resultNodes(ctNode, role) if n.GetID() not in keep_ids]
+        old = [node for role in ("heatmap", "prediction") for node in self.resultNodes(ctNode, role)
+               if node.GetID() not in keep_ids]
         for node in old:
             remove_with_dependents(self.scene, node)
         return len(old)
@@ -161,14 +163,12 @@ class SegHiResCAMLogic:
         target = self._targetClass(card, targetClass, segmentName)
         layerList = [layers] if isinstance(layers, str) else list(layers or [self.defaultLayer(model)])
         ct, geometry = ct_array_and_geometry(ctNode)
-        orientation = SliceOrientation.from_geometry(geometry)
-        axialAxis = orientation.permutation[0]
+        axialAxis = SliceOrientation.from_geometry(geometry).permutation[0]
         predicted = None
         if pixelSet == "segment":
             mask = segment_mask(self.scene, segmentationNode, segmentId, ctNode)
         elif pixelSet == "prediction":
-            predicted = orientation.from_slices(predict_volume(model.model, orientation.to_slices(ct), axis=0,
-                                                               preprocess=card.preprocess, device=device))
+            predicted = predict_ct(Volume(ct, geometry), model, device=device)
             if cancel is not None and cancel():
                 raise ExplanationCancelled("cancelled after the prediction")
             mask = predicted == target
@@ -184,12 +184,12 @@ class SegHiResCAMLogic:
             mask = pixel_set_whole_slices(ct.shape, [int(sliceIndex)], axis=axialAxis)
         if not mask.any():
             raise ValueError(f"the segment {segmentName!r} does not overlap this CT: nothing to explain")
-        result = explain_volume(model.model, orientation.to_slices(ct), orientation.to_slices(mask), target,
-                                layers=layerList, methods=methods, axis=0, batch_size=batchSize, device=device,
-                                normalize=normalize, preprocess=card.preprocess, progress=progress, cancel=cancel)
-        maps = {key: np.ascontiguousarray(orientation.from_slices(result[key])) for key in result.keys()}
+        result = explain_ct(Volume(ct, geometry), mask, model, target, layers=layerList, methods=methods,
+                            batch_size=batchSize, device=device, normalize=normalize, progress=progress, cancel=cancel)
+        maps = result.maps
         settings = {"SourceVolumeID": ctNode.GetID(), "TargetClass": card.classes[target], "TargetClassIndex": target,
-                    "PixelSet": pixelSet, "Segment": segmentName or "", "Model": card.name, "ModelPath": str(model.path),
+                    "PixelSet": pixelSet, "Segment": segmentName or "", "Model": card.name,
+                    "ModelPath": str(model.path),
                     "Normalize": normalize, "Device": result.device, "BatchSize": result.batch_size,
                     "SlicesExplained": len(result.slices_explained), "RunID": uuid.uuid4().hex,
                     "Seconds": f"{time.perf_counter() - started:.2f}"}

@@ -71,7 +71,8 @@ def heatmap_color_node(scene: slicer.vtkMRMLScene) -> slicer.vtkMRMLColorNode:
 
 
 def setup_heatmap_display(node: slicer.vtkMRMLScalarVolumeNode, color_node: slicer.vtkMRMLColorNode, *,
-                          threshold: float = DISPLAY_THRESHOLD, opacity: float = 1.0) -> slicer.vtkMRMLScalarVolumeDisplayNode:
+                          threshold: float = DISPLAY_THRESHOLD,
+                          opacity: float = 1.0) -> slicer.vtkMRMLScalarVolumeDisplayNode:
     """Colour a normalised (0..1) heatmap: window 0..1, values below ``threshold`` transparent.
 
     Args:

@@ -37,7 +37,7 @@ class RenderedSlice(NamedTuple):
 
 
 def render_slice_view(scene: slicer.vtkMRMLScene, backgroundNode: slicer.vtkMRMLVolumeNode,
-                      foregroundNode: slicer.vtkMRMLVolumeNode | None, pngPath: str | os.PathLike | None, *,
+                      foregroundNode: slicer.vtkMRMLVolumeNode | None, pngPath: str | os.PathLike | None,
                       orientation: str = "Axial", sliceOffsetRAS: Sequence[float] | None = None,
                       opacity: float = 0.5, size: tuple[int, int] = (512, 512)) -> RenderedSlice:
     """Render one slice view (CT + heatmap blended as Slicer blends them) to a PNG.
@@ -48,7 +48,8 @@ def render_slice_view(scene: slicer.vtkMRMLScene, backgroundNode: slicer.vtkMRML
         foregroundNode: The heatmap (or None for the CT alone).
         pngPath: The PNG to write (parent folders are created), or None to only return pixels.
         orientation: "Axial", "Sagittal" or "Coronal".
-        sliceOffsetRAS: A world RAS point the slice passes through (default: the background's centre).
+        sliceOffsetRAS: A world RAS point the slice passes through (default: the background's centre);
+            the view stays fitted to the background.
         opacity: Foreground opacity, 0..1.
         size: (width, height) in pixels.
 
@@ -79,7 +80,7 @@ def render_slice_view(scene: slicer.vtkMRMLScene, backgroundNode: slicer.vtkMRML
             bounds = [0.0] * 6
             backgroundNode.GetRASBounds(bounds)
             sliceOffsetRAS = [(bounds[2 * a] + bounds[2 * a + 1]) / 2 for a in range(3)]
-        slice_node.JumpSliceByCentering(*(float(v) for v in sliceOffsetRAS))
+        slice_node.JumpSliceByOffsetting(*(float(v) for v in sliceOffsetRAS))
         xy_to_ras = slicer.util.arrayFromVTKMatrix(slice_node.GetXYToRAS())
         image = vtk.vtkImageData()
         image.DeepCopy(_updated_output(logic))

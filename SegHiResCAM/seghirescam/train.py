@@ -81,15 +81,16 @@ def _loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return ce + (1 - dice.mean())
 
 
-def train_default_model(out: str | os.PathLike, data_dir: str | os.PathLike | None, *, minutes: float = 15.0,
-                        seed: int = 0, widths: tuple[int, ...] = DEFAULT_WIDTHS, phantoms: int = 48,
-                        batch: int = 12, crop: int = 112, lr: float = 2e-3) -> Path:
+def train_default_model(out: str | os.PathLike, data_dir: str | os.PathLike | None, *, steps: int = 1600,
+                        max_minutes: float = 20.0, seed: int = 0, widths: tuple[int, ...] = DEFAULT_WIDTHS,
+                        phantoms: int = 48, batch: int = 12, crop: int = 112, lr: float = 2e-3) -> Path:
     """Train the U-Net, evaluate it and write ``out`` (safetensors) with its card.
 
     Args:
         out: Path of the .safetensors file to write (the card goes beside it).
         data_dir: Folder of the shared real CT, or None to train on phantoms only.
-        minutes: Wall-time budget of the optimisation loop.
+        steps: Optimiser steps (the same seed and steps give the same model).
+        max_minutes: A safety stop: training ends early, and the card says so, past this.
         seed: Seeds torch and numpy; the same seed gives the same data.
         widths: U-Net widths; phantoms, batch, crop, lr: training settings.
 
@@ -108,13 +109,12 @@ def train_default_model(out: str | os.PathLike, data_dir: str | os.PathLike | No
         cases += real_train
     log.info("training on %d cases (%d slices)", len(cases), sum(c.ct.shape[0] for c in cases))
     optimiser = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    deadline, step, started = time.monotonic() + 60 * minutes, 0, time.monotonic()
+    deadline, step, started = time.monotonic() + 60 * max_minutes, 0, time.monotonic()
     model.train()
-    while time.monotonic() < deadline:
+    while step < steps and time.monotonic() < deadline:
         x, y = _sample_batch(cases, card, rng, batch, crop)
-        progress = (time.monotonic() - started) / (60 * minutes)
         for group in optimiser.param_groups:
-            group["lr"] = lr * 0.5 * (1 + np.cos(np.pi * min(progress, 1.0)))
+            group["lr"] = lr * 0.5 * (1 + np.cos(np.pi * step / steps))
         loss = _loss(model(x), y)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
@@ -132,8 +132,9 @@ def train_default_model(out: str | os.PathLike, data_dir: str | os.PathLike | No
         "data": (f"{phantoms} procedural phantoms (seghirescam.phantom, seeds 1000..{999 + phantoms}, in-plane 2.2-3.4 mm)"
                  + ("; the shared real non-contrast CT (TotalSegmentator example, kidneys from its labels 2 and 3) in "
                     "6 copies with synthetic tumours/cysts inserted, slices outside the held-out slab" if held_out else "")),
-        "steps": step, "batch": batch, "crop": crop, "optimiser": f"AdamW lr {lr} cosine", "seed": seed,
-        "minutes": round((time.monotonic() - started) / 60, 1), "device": "cpu",
+        "steps": step, "steps_planned": steps, "batch": batch, "crop": crop, "optimiser": f"AdamW lr {lr} cosine", "seed": seed,
+        "minutes": round((time.monotonic() - started) / 60, 1), "device": f"cpu, {torch.get_num_threads()} threads",
+        "command": f"seghirescam train --out {Path(out).name} --seed {seed} --steps {steps}",
         "loss": "cross-entropy + soft Dice", "note": ("no real tumours or cysts were seen in training: lesions are "
                                                       "synthetic; the model is a demonstration model, not for clinical use"),
     }

@@ -1,0 +1,177 @@
+"""``seghirescam evaluate``: the faithfulness evaluation from the command line, and its output folder.
+
+Writes per_slice.csv, summary.csv, comparisons.csv, evaluation.md, curves_<layer>.png,
+sanity.png and run.json (settings, counts, runtime, the command) into ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import platform
+import shlex
+from collections import defaultdict
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .cli import DEFAULT_DATA
+from .evaluate import EvaluationConfig, TargetResult, run_evaluation
+from .evaluation_cases import PHANTOM_SEEDS, PHANTOM_SHAPE, PHANTOM_SPACING, REAL_CT_SLAB, EvalTarget, phantom_targets, \
+    real_ct_targets
+from .evaluation_plots import plot_curves, plot_sanity
+from .evaluation_report import compare, markdown_report, summarise, write_csv
+from .faithfulness import uniform_fractions
+from .models import default_model_path, load_default_model, load_model
+from .outputs import write_json
+from .sanity import randomisation_stages
+
+__all__ = ["add_evaluate", "run_evaluate", "write_evaluation"]
+
+log = logging.getLogger(__name__)
+_DEFAULTS = EvaluationConfig()
+# option -> (default, help); the command written into the report lists the options that differ.
+_OPTIONS = {
+    "--phantoms": (len(PHANTOM_SEEDS), "phantoms with tumours (seeds 7001, 7002, ...)"),
+    "--slices": (_DEFAULTS.slices_per_target, "slices per target: those with the largest M"),
+    "--steps": (_DEFAULTS.steps, "curve steps over 0..100%% of the slice's pixels"),
+    "--blur-sigma": (_DEFAULTS.blur_sigma, "sigma (pixels) of the blurred fill"),
+    "--dilation": (_DEFAULTS.dilation, "radius (pixels) of 'M dilated' in localisation"),
+    "--pixel-set": (_DEFAULTS.pixel_set, "M: 'label' (reference label) or 'prediction' (the model's segmentation)"),
+    "--seed": (_DEFAULTS.seed, "seeds tie-breaking, the random map and the randomised weights"),
+}
+
+
+def add_evaluate(commands: argparse._SubParsersAction) -> None:
+    """Register ``evaluate`` on the CLI's subcommands."""
+    parser = commands.add_parser("evaluate", help="measure faithfulness: deletion/insertion, localisation, "
+                                 "randomisation sanity checks, exactness (CPU, ~10 min)")
+    parser.add_argument("--out", type=Path, required=True, help="folder for tables, plots and run.json")
+    parser.add_argument("--model", type=Path, default=None, help="model file with its card (default: the shipped one)")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder of the shared real CT")
+    parser.add_argument("--no-real-ct", action="store_true", help="phantoms only")
+    parser.add_argument("--layer", action="append", dest="layers", help=f"layer (repeatable; default "
+                        f"{' '.join(_DEFAULTS.layers)})")
+    parser.add_argument("--method", action="append", dest="methods", help="CAM method (repeatable; default all three)")
+    for option, (default, text) in _OPTIONS.items():
+        choices = ("label", "prediction") if option == "--pixel-set" else None
+        parser.add_argument(option, type=type(default), default=default, choices=choices, help=f"{text} (default {default})")
+
+
+def _command(args: argparse.Namespace) -> str:
+    """The command line that reproduces this run (options at their defaults left out)."""
+    words = ["seghirescam", "evaluate", "--out", str(args.out)]
+    if args.model is not None:
+        words += ["--model", str(args.model)]
+    if args.data != DEFAULT_DATA:
+        words += ["--data", str(args.data)]
+    if args.no_real_ct:
+        words.append("--no-real-ct")
+    words += [w for layer in args.layers or () for w in ("--layer", layer)]
+    words += [w for method in args.methods or () for w in ("--method", method)]
+    for option, (default, _) in _OPTIONS.items():
+        value = getattr(args, option[2:].replace("-", "_"))
+        if value != default:
+            words += [option, str(value)]
+    return shlex.join(words)
+
+
+def _pooled(results: list[TargetResult], targets: list[EvalTarget]):
+    curves: dict[tuple, list[np.ndarray]] = defaultdict(list)
+    sanity: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for target, result in zip(targets, results):
+        for key, stack in result.curves.items():
+            curves[(target.group, *key)].append(stack)
+        for key, per_stage in result.sanity.items():
+            for stage, values in per_stage.items():
+                sanity[key][stage].extend(values.tolist())
+    return {k: np.concatenate(v) for k, v in curves.items()}, sanity
+
+
+def write_evaluation(out: Path, results: list[TargetResult], targets: list[EvalTarget], config: EvaluationConfig, *,
+                     seconds: float, command: str, model_name: str, stages: list[str]) -> dict:
+    """Write the tables, plots and run record of an evaluation.
+
+    Args:
+        out: Output folder (created).
+        results, targets: From ``run_evaluation``, in the same order.
+        config: The settings used.
+        seconds: Runtime.
+        command: The command that made the run.
+        model_name: Shown in the report.
+        stages: The randomisation cascade's stage names.
+
+    Returns:
+        The run record (also written as run.json).
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    rows = [row for result in results for row in result.rows]
+    collapsed = sorted({layer for r in results for layer, flag in r.collapsed.items() if flag})
+    summary, comparisons = summarise(rows), compare(rows, collapsed)
+    counts = {t.name: r.counts for t, r in zip(targets, results)}
+    total = lambda key: sum(c.get(key, 0) for c in counts.values())  # noqa: E731
+    groups = list(dict.fromkeys(t.group for t in targets))
+    curves, sanity = _pooled(results, targets)
+    fractions = uniform_fractions(config.steps)
+    plots = [plot_curves(out / f"curves_{layer}.png", curves, fractions, layer, groups).name for layer in config.layers]
+    plots.append(plot_sanity(out / "sanity.png", sanity, stages, config.layers).name)
+    header = [
+        "# Faithfulness of Seg-HiRes-Grad CAM, Seg-Grad CAM and Seg-XRes CAM", "",
+        f"Made by `{command}` in {seconds / 60:.1f} min on {torch.get_num_threads()} CPU threads "
+        f"(torch {torch.__version__}, Python {platform.python_version()}).", "",
+        f"- Model: {model_name}. M: the {'reference label' if config.pixel_set == 'label' else 'model prediction'} "
+        f"of the structure. Targets: {', '.join(t.name for t in targets)}.",
+        f"- Per target the {config.slices_per_target} slices with the largest M: {total('slices')} slices in all. "
+        f"Curves over 0..100% of the slice's pixels in {config.steps} steps, ties broken at random (seed "
+        f"{config.seed}); fills: Gaussian blur (sigma {config.blur_sigma} px) and the slice's soft-tissue mean.",
+        f"- Left out of deletion/insertion: {total('y0_le_0')} slices with y_0 <= 0; {total('span_le_0_blur')} (blur) "
+        f"and {total('span_le_0_mean')} (tissue mean) more whose fully filled score y_100% >= y_0.",
+        f"- Collapsed layers (maps = the logit map): {', '.join(collapsed) or 'none'}.",
+    ]
+    text = markdown_report(summary, comparisons, collapsed=collapsed, header=header, dilation=config.dilation,
+                           plots=plots)
+    (out / "evaluation.md").write_text(text)
+    write_csv(out / "per_slice.csv", rows)
+    write_csv(out / "summary.csv", summary)
+    write_csv(out / "comparisons.csv", comparisons)
+    record = {"command": command, "seconds": round(seconds, 1), "threads": torch.get_num_threads(),
+              "torch": torch.__version__, "model": model_name, "config": asdict(config), "counts": counts,
+              "collapsed_layers": collapsed, "files": ["evaluation.md", "per_slice.csv", "summary.csv",
+                                                       "comparisons.csv", *plots]}
+    write_json(out / "run.json", record)
+    return record
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    """Run ``seghirescam evaluate``; prints where the report is.
+
+    Raises:
+        FileNotFoundError: If the model (or the real CT, unless --no-real-ct) is missing.
+        ValueError: For settings the evaluation refuses.
+    """
+    if args.model is None and not default_model_path().is_file():
+        raise FileNotFoundError(f"the default model is not at {default_model_path()}; train it with "
+                                f"`seghirescam train --out {default_model_path()}` or pass --model FILE")
+    loaded = load_model(args.model) if args.model is not None else load_default_model()
+    if not args.no_real_ct and not (args.data / "example_ct.nii.gz").is_file():
+        raise FileNotFoundError(f"the real CT is not in {args.data}; pass --data DIR or --no-real-ct")
+    if args.phantoms < 0 or args.slices < 1:
+        raise ValueError("--phantoms must be >= 0 and --slices >= 1")
+    config = EvaluationConfig(layers=tuple(args.layers or _DEFAULTS.layers),
+                              methods=tuple(args.methods or _DEFAULTS.methods), slices_per_target=args.slices,
+                              steps=args.steps, blur_sigma=args.blur_sigma, dilation=args.dilation,
+                              pixel_set=args.pixel_set, seed=args.seed)
+    seeds = tuple(PHANTOM_SEEDS[0] + i for i in range(args.phantoms))
+    targets = phantom_targets(seeds, shape=PHANTOM_SHAPE, spacing=PHANTOM_SPACING)
+    if not args.no_real_ct:
+        targets += real_ct_targets(args.data, REAL_CT_SLAB)
+    if not targets:
+        raise ValueError("nothing to evaluate: --phantoms 0 with --no-real-ct")
+    results, seconds = run_evaluation(loaded.model, loaded.card, targets, config)
+    stages = [name for name, _ in randomisation_stages(loaded.model)]
+    record = write_evaluation(args.out, results, targets, config, seconds=seconds, command=_command(args),
+                              model_name=f"{loaded.card.name} ({loaded.path.name})", stages=stages)
+    print(f"report: {args.out / 'evaluation.md'} ({record['seconds'] / 60:.1f} min)")
+    return 0

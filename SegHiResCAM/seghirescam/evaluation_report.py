@@ -1,0 +1,182 @@
+"""Tables of the faithfulness evaluation: per-slice rows -> summaries, per-slice comparisons, CSV, Markdown.
+
+Rows are dicts with target, group, slice, method, layer, metric, value (``evaluate.TargetResult``).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["summarise", "compare", "write_csv", "markdown_report", "HIGHER_IS_BETTER", "TIE_TOLERANCE"]
+
+TIE_TOLERANCE = 0.01
+HIGHER_IS_BETTER = {
+    "deletion_auc_blur": False, "deletion_auc_mean": False, "insertion_auc_blur": True, "insertion_auc_mean": True,
+    "deletion_dice_auc_blur": False, "deletion_dice_auc_mean": False, "insertion_dice_auc_blur": True,
+    "insertion_dice_auc_mean": True, "mass_in_m": True, "mass_in_m_dilated": True, "pointing": True,
+    "pointing_dilated": True, "mass_other": False, "mass_outside_body": False,
+    "spearman_head": False, "spearman_layer": False, "spearman_all": False, "exactness_rel_error": False,
+}
+HIRES, OTHERS = "seg-hires-grad-cam", ("seg-grad-cam", "seg-xres-cam")
+PRETTY = {"seg-hires-grad-cam": "Seg-HiRes", "seg-grad-cam": "Seg-Grad", "seg-xres-cam": "Seg-XRes",
+          "random": "ref: random", "M": "ref: M itself", "centre-distance": "ref: centre distance"}
+
+
+def summarise(rows: Iterable[dict]) -> list[dict]:
+    """n (non-NaN values), mean and median per (group, method, layer, metric), in first-seen order."""
+    values: dict[tuple, list[float]] = defaultdict(list)
+    for row in rows:
+        values[(row["group"], row["method"], row["layer"], row["metric"])].append(row["value"])
+    summary = []
+    for (group, method, layer, metric), found in values.items():
+        finite = np.asarray(found, dtype=float)
+        finite = finite[np.isfinite(finite)]
+        mean, median = (float(finite.mean()), float(np.median(finite))) if finite.size else (np.nan, np.nan)
+        summary.append({"group": group, "method": method, "layer": layer, "metric": metric, "n": int(finite.size),
+                        "mean": round(mean, 4), "median": round(median, 4)})
+    return summary
+
+
+def compare(rows: Iterable[dict], collapsed: Sequence[str] = ()) -> list[dict]:
+    """Per-slice better / tie / worse counts of Seg-HiRes against each other method.
+
+    Pairs are the same target, slice, layer and metric; a difference within ``TIE_TOLERANCE`` is a
+    tie; "better" follows ``HIGHER_IS_BETTER``. Collapsed layers are marked and not counted.
+
+    Returns:
+        Dicts: group, layer, metric, other, better, tie, worse, collapsed.
+    """
+    paired: dict[tuple, dict[str, float]] = defaultdict(dict)
+    for row in rows:
+        if row["metric"] in HIGHER_IS_BETTER and row["method"] in (HIRES, *OTHERS):
+            key = (row["group"], row["layer"], row["metric"], row["target"], row["slice"])
+            paired[key][row["method"]] = row["value"]
+    counts: dict[tuple, list[int]] = {}
+    for (group, layer, metric, _, _), by_method in paired.items():
+        for other in OTHERS:
+            tally = counts.setdefault((group, layer, metric, other), [0, 0, 0])
+            a, b = by_method.get(HIRES, np.nan), by_method.get(other, np.nan)
+            if not (np.isfinite(a) and np.isfinite(b)):
+                continue
+            difference = (a - b) if HIGHER_IS_BETTER[metric] else (b - a)
+            tally[0 if difference > TIE_TOLERANCE else 2 if difference < -TIE_TOLERANCE else 1] += 1
+    return [{"group": g, "layer": layer, "metric": metric, "other": other, "better": t[0], "tie": t[1], "worse": t[2],
+             "collapsed": layer in collapsed} for (g, layer, metric, other), t in counts.items()]
+
+
+def write_csv(path: str | os.PathLike, rows: Sequence[dict]) -> Path:
+    """Write dicts as CSV (columns of the first row) atomically.
+
+    Raises:
+        ValueError: If there are no rows.
+    """
+    if not rows:
+        raise ValueError(f"nothing to write to {path}")
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.tmp")
+    with temporary.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(temporary, path)
+    return path
+
+
+def _cell(summary: dict, key: tuple, digits: int = 3) -> str:
+    found = summary.get(key)
+    if found is None or not found["n"]:
+        return "–"
+    return f"{found['mean']:.{digits}f} / {found['median']:.{digits}f}"
+
+
+def _layer_label(layer: str, collapsed: Sequence[str]) -> str:
+    return f"{layer} ⚠ collapsed" if layer in collapsed else ("—" if layer == "-" else layer)
+
+
+def _table(summary: list[dict], columns: Sequence[tuple[str, str]], collapsed: Sequence[str],
+           layers: Sequence[str] | None = None) -> list[str]:
+    """Markdown table: one row per (group, method, layer), one column per (metric, header)."""
+    by_key = {(s["group"], s["method"], s["layer"], s["metric"]): s for s in summary}
+    metrics = {m for m, _ in columns}
+    row_keys = list(dict.fromkeys((s["group"], s["method"], s["layer"]) for s in summary if s["metric"] in metrics
+                                  and (layers is None or s["layer"] in layers)))
+    lines = ["| group | method | layer | " + " | ".join(h for _, h in columns) + " |",
+             "|---|---|---|" + "---|" * len(columns)]
+    for group, method, layer in row_keys:
+        cells = [_cell(by_key, (group, method, layer, metric)) for metric, _ in columns]
+        lines.append(f"| {group} | {PRETTY.get(method, method)} | {_layer_label(layer, collapsed)} | "
+                     + " | ".join(cells) + " |")
+    return lines
+
+
+FAITHFULNESS = [("deletion_auc_blur", "deletion, blur ↓"), ("insertion_auc_blur", "insertion, blur ↑"),
+                ("deletion_auc_mean", "deletion, tissue mean ↓"), ("insertion_auc_mean", "insertion, tissue mean ↑")]
+DICE = [("deletion_dice_auc_blur", "Dice deletion, blur ↓"), ("insertion_dice_auc_blur", "Dice insertion, blur ↑"),
+        ("deletion_dice_auc_mean", "Dice deletion, mean ↓"), ("insertion_dice_auc_mean", "Dice insertion, mean ↑")]
+LOCALISATION = [("mass_in_m", "mass in M ↑"), ("mass_in_m_dilated", "mass in M+{d}px ↑"), ("pointing", "pointing ↑"),
+                ("pointing_dilated", "pointing M+{d}px ↑"), ("mass_other", "mass on other kidney ↓"),
+                ("mass_outside_body", "mass outside body ↓")]
+SANITY = [("spearman_head", "ρ, head random"), ("spearman_layer", "ρ, down to the layer"),
+          ("spearman_all", "ρ, all random"), ("exactness_rel_error", "exactness rel. error")]
+HEADLINE = [("deletion_auc_blur", "deletion, blur ↓"), ("insertion_auc_blur", "insertion, blur ↑"),
+            ("mass_in_m_dilated", "mass in M+{d}px ↑"), ("mass_outside_body", "mass outside body ↓"),
+            ("pointing", "pointing ↑"), ("spearman_layer", "ρ, down to the layer ↓")]
+
+
+def _comparison_table(comparisons: list[dict], metrics: Sequence[str]) -> list[str]:
+    lines = ["| group | layer | metric | " + " | ".join(f"vs {PRETTY[o]}" for o in OTHERS) + " |",
+             "|---|---|---|" + "---|" * len(OTHERS)]
+    index = {(c["group"], c["layer"], c["metric"], c["other"]): c for c in comparisons}
+    for group, layer, metric in dict.fromkeys((c["group"], c["layer"], c["metric"]) for c in comparisons):
+        if metric not in metrics:
+            continue
+        cells = []
+        for other in OTHERS:
+            c = index.get((group, layer, metric, other))
+            cells.append("–" if c is None else "not counted (collapsed)" if c["collapsed"]
+                         else f"{c['better']} / {c['tie']} / {c['worse']}")
+        lines.append(f"| {group} | {layer} | {metric} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def markdown_report(summary: list[dict], comparisons: list[dict], *, collapsed: Sequence[str], header: Sequence[str],
+                    dilation: int, plots: Sequence[str] = ()) -> str:
+    """The Markdown report: headline table, full tables, comparisons, exclusions (in ``header``), plots.
+
+    Args:
+        summary: From ``summarise``.
+        comparisons: From ``compare``.
+        collapsed: Layers flagged as collapsing to the logit map.
+        header: Lines put first (command, runtime, cases, exclusions).
+        dilation: The radius used for "M dilated", shown in column names.
+        plots: Relative paths of PNGs to show at the end.
+
+    Returns:
+        The Markdown text.
+    """
+    fmt = lambda cols: [(m, h.format(d=dilation)) for m, h in cols]  # noqa: E731
+    non_collapsed = sorted({s["layer"] for s in summary} - set(collapsed))
+    lines = [*header, "", "Cells are mean / median over slices. ↓ lower is better, ↑ higher is better. "
+             f"Rows marked ⚠ collapsed are layers whose maps are the logit map itself (method.md): "
+             "their scores measure the segmentation, not an explanation, and count for no method.", "",
+             "## Headline (informative layers and references)", "",
+             *_table(summary, fmt(HEADLINE), collapsed, layers=non_collapsed), "",
+             "## Deletion and insertion: area under the normalised y_M curve", "",
+             *_table(summary, FAITHFULNESS, collapsed), "",
+             "## Dice of the class near M along the same curves (area under the raw Dice curve)", "",
+             *_table(summary, DICE, collapsed), "",
+             "## Localisation", "", *_table(summary, fmt(LOCALISATION), collapsed), "",
+             "## Sanity (Spearman ρ with the original map after cascading randomisation; lower = the map changed "
+             "more) and HiResCAM exactness (|Σ map − (y_M − |M| b_c)| / |y_M − |M| b_c|, pre-ReLU)", "",
+             *_table(summary, SANITY, collapsed), "",
+             "## Seg-HiRes against the others, per slice: better / tie / worse "
+             f"(tie: within {TIE_TOLERANCE})", "",
+             *_comparison_table(comparisons, [m for m, _ in FAITHFULNESS + LOCALISATION]), ""]
+    lines += [f"![{Path(p).stem}]({p})" for p in plots]
+    return "\n".join(lines) + "\n"
