@@ -52,6 +52,8 @@ def main(argv: list[str] | None = None) -> Path:
     args = parser.parse_args(argv)
     app = make_headless_slicer()
     ct = app.volumes.AddArchetypeVolume(str(DATA / "example_ct.nii.gz"), "CT", 0, vtk.vtkStringArray())
+    ct.GetDisplayNode().AutoWindowLevelOff()
+    ct.GetDisplayNode().SetWindowLevel(400, 40)  # the usual abdominal soft-tissue window
     labelmap = app.volumes.AddArchetypeVolume(str(DATA / "example_seg_fast_force_split.nii.gz"), "labels", 1,
                                               vtk.vtkStringArray())
     seg = app.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "TotalSegmentator")

@@ -13,7 +13,7 @@ each at the default settings (two methods, bottleneck, float32 maps) and with fl
 order, direction IPL), which exercises the reorientation path.
 
     python benchmarks/bench_kits_memory.py [--slices 600] [--size 512] [--orientation axial|kits]
-        [--model FILE] [--work DIR] [--runs explain,case] [--dtypes float32,float16]
+        [--band 192] [--model FILE] [--work DIR] [--runs explain,case] [--dtypes float32,float16]
 
 Uses the shipped model when present, else an untrained U-Net of the default architecture
 (speed and memory do not depend on the weights).
@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -37,27 +38,36 @@ TILE = 64
 KITS_IPL = (0.0, 0.0, 1.0, 0.0, 1.0, 0.0, -1.0, 0.0, 0.0)  # LPS direction: i -> Inferior, j -> Posterior, k -> Left
 
 
-def _prepare(work: Path, slices: int, size: int, orientation: str) -> tuple[Path, Path]:
-    """Write ct.nrrd and labels.nrrd (uncompressed) for the phantom; reuse them when present."""
+def _prepare(work: Path, slices: int, size: int, orientation: str, band: int) -> tuple[Path, Path]:
+    """Write the phantom's CT and labels (uncompressed NRRD); reuse them when present.
+
+    The CT is a 64-slice phantom (2.5 mm apart) tiled along the axial axis; its labels are
+    kept in the central ``band`` slices only (0: everywhere), so M spans a kidney-sized part
+    of the volume as in a real case (three tiles: about 144 slices with kidney).
+    """
     from seghirescam.geometry import Geometry
     from seghirescam.phantom import make_phantom
     from seghirescam.volumes import Volume, write_volume
 
-    ct_path, labels_path = work / f"ct_{orientation}.nrrd", work / f"labels_{orientation}.nrrd"
+    tag = f"{size}x{size}x{slices}_{orientation}_band{band}"
+    ct_path, labels_path = work / f"ct_{tag}.nrrd", work / f"labels_{tag}.nrrd"
     if ct_path.exists() and labels_path.exists():
         return ct_path, labels_path
-    tile = make_phantom(11, shape=(TILE, size, size), spacing=(0.78, 0.78, 5.0), tumor=True)
+    tile = make_phantom(11, shape=(TILE, size, size), spacing=(400 / size, 400 / size, 2.5), tumor=True)
     ct = np.empty((slices, size, size), np.int16)
     labels = np.empty((slices, size, size), np.uint8)
     for start in range(0, slices, TILE):
         n = min(TILE, slices - start)
         ct[start:start + n], labels[start:start + n] = tile.ct[:n], tile.labels[:n]
     del tile
-    spacing = (0.78, 0.78, 1.0)
+    if band:
+        start = max(0, (slices - band) // 2)
+        labels[:start], labels[start + band:] = 0, 0
+    spacing = (400 / size, 400 / size, 1.0)
     if orientation == "kits":  # numpy (k, j, i) = (left-right, posterior, inferior): the axial axis last
         ct, labels = np.ascontiguousarray(ct.transpose(2, 1, 0)[:, :, ::-1]), np.ascontiguousarray(
             labels.transpose(2, 1, 0)[:, :, ::-1])
-        geometry = Geometry((1.0, 0.78, 0.78), (0.0, 0.0, 0.0), KITS_IPL)
+        geometry = Geometry((1.0, 400 / size, 400 / size), (0.0, 0.0, 0.0), KITS_IPL)
     else:
         geometry = Geometry(spacing, (0.0, 0.0, 0.0))
     write_volume(Volume(ct, geometry), ct_path, compress=False)
@@ -152,26 +162,40 @@ def main() -> None:
     parser.add_argument("--work", type=Path, help="folder for the phantom files (default: a temporary folder)")
     parser.add_argument("--runs", default="explain,case")
     parser.add_argument("--dtypes", default="float32,float16")
+    parser.add_argument("--band", type=int, default=192, help="central slices that keep labels (0: all)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--prepare", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(_child(json.loads(args.child))))
         return
-    import torch
+    if args.prepare:
+        import torch
 
+        work = Path(args.prepare)
+        started = time.perf_counter()
+        ct, labels = _prepare(work, args.slices, args.size, args.orientation, args.band)
+        model = _model(args.model, work)
+        print(json.dumps({"ct": str(ct), "labels": str(labels), "model": str(model), "torch": torch.__version__,
+                          "threads": torch.get_num_threads(), "seconds": round(time.perf_counter() - started)}))
+        return
+    # This process stays small: a child's ru_maxrss starts from its parent's size at fork time.
     with tempfile.TemporaryDirectory() as temporary:
         work = args.work or Path(temporary)
         work.mkdir(parents=True, exist_ok=True)
-        started = time.perf_counter()
-        ct, labels = _prepare(work, args.slices, args.size, args.orientation)
-        print(f"phantom {args.size} x {args.size} x {args.slices} ({args.orientation}) ready in "
-              f"{time.perf_counter() - started:.0f} s: {ct}", flush=True)
-        model = _model(args.model, work)
-        print(f"model: {model}; torch {torch.__version__}, {torch.get_num_threads()} CPU threads", flush=True)
+        command = [sys.executable, __file__, "--prepare", str(work), "--slices", str(args.slices), "--size",
+                   str(args.size), "--orientation", args.orientation, "--band", str(args.band)]
+        prepared = json.loads(subprocess.run(command + (["--model", args.model] if args.model else []), check=True,
+                                             capture_output=True, text=True).stdout.strip().splitlines()[-1])
+        print(f"phantom {args.size} x {args.size} x {args.slices} ({args.orientation}, labels in {args.band or 'all'} "
+              f"slices): {prepared['ct']}; model {prepared['model']}; torch {prepared['torch']}, "
+              f"{prepared['threads']} CPU threads", flush=True)
         for run in args.runs.split(","):
             for dtype in args.dtypes.split(","):
-                config = {"run": run, "dtype": dtype, "ct": str(ct), "labels": str(labels), "model": str(model),
-                          "orientation": args.orientation, "out": str(work / f"out-{run}-{dtype}")}
+                config = {"run": run, "dtype": dtype, "ct": prepared["ct"], "labels": prepared["labels"],
+                          "model": prepared["model"], "orientation": args.orientation,
+                          "out": str(work / f"out-{run}-{dtype}")}
+                shutil.rmtree(config["out"], ignore_errors=True)  # a finished case would be skipped
                 done = subprocess.run([sys.executable, __file__, "--child", json.dumps(config)], check=True,
                                       capture_output=True, text=True)
                 print(done.stdout.strip().splitlines()[-1], flush=True)

@@ -22,8 +22,9 @@ from pathlib import Path
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from .batch_case import STAGING, BatchSettings, model_digest, process_case
+from .batch_case import STAGING, BatchSettings, process_case
 from .manifest import CaseRow, read_manifest
+from .resume import model_digest
 
 __all__ = ["run_batch", "BatchReport", "BatchSettings", "write_summary", "EXECUTORS", "SUMMARY_NAME"]
 
@@ -98,6 +99,11 @@ def write_summary(out: str | os.PathLike, records: Sequence[dict]) -> Path:
     return path
 
 
+def _remove_empty_staging(out: Path) -> None:
+    with contextlib.suppress(OSError):
+        (out / STAGING).rmdir()  # empty unless a case is still being written elsewhere
+
+
 def _clear_staging(out: Path) -> None:
     """Remove what an earlier, killed run left half-written (one run per output folder at a time)."""
     shutil.rmtree(out / STAGING, ignore_errors=True)
@@ -149,11 +155,11 @@ def run_batch(manifest: str | os.PathLike | Sequence[CaseRow], out: str | os.Pat
     if scheduler and workers:
         raise ValueError("give either --scheduler (an existing cluster) or --workers (a local one), not both")
     rows = read_manifest(manifest) if isinstance(manifest, (str, os.PathLike)) else list(manifest)
+    settings = dataclasses.replace(settings, model=str(settings.model_path()), card=str(settings.card_path()),
+                                   model_sha256=model_digest(settings.model_path(), settings.card_path()))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     _clear_staging(out)
-    settings = dataclasses.replace(settings, model=str(settings.model_path()), card=str(settings.card_path()),
-                                   model_sha256=model_digest(settings))
     finished: dict[str, dict] = {}
     bar = tqdm(total=len(rows), desc="cases", unit="case", position=0, disable=not progress)
 
@@ -168,12 +174,12 @@ def run_batch(manifest: str | os.PathLike | Sequence[CaseRow], out: str | os.Pat
             _execute(rows, settings, out, on_result, executor, scheduler, workers, progress)
     except KeyboardInterrupt:
         bar.close()
+        _remove_empty_staging(out)
         summary = write_summary(out, [finished[c] for c in order if c in finished])
         logger.warning("interrupted: %d of %d cases finished; summary in %s", len(finished), len(rows), summary)
         raise
     bar.close()
-    with contextlib.suppress(OSError):
-        (out / STAGING).rmdir()  # empty unless another run shares this folder
+    _remove_empty_staging(out)
     records = [finished[c] for c in order]
     report = BatchReport(records, write_summary(out, records))
     logger.info("%d cases: %d ok, %d failed", len(records), len(records) - len(report.failed), len(report.failed))

@@ -1,17 +1,16 @@
-"""One case of a cohort run: resume key, explanation, outputs published all at once.
+"""One case of a cohort run: explanation, outputs published all at once, or a failure record.
 
 A case's outputs are written into ``OUT/.staging/<case_id>-<random>/`` (each file itself via
 a temporary name and a rename), the JSON record last, and the folder is then renamed to
 ``OUT/<case_id>/``. A crash or Ctrl-C mid-case therefore leaves no partial case folder and no
-"ok" record. A finished case is skipped when its record has status "ok" and the same key.
+"ok" record. A finished case is skipped when its record has status "ok" and the same key
+(``resume``).
 Arrays are in the CT's (k, j, i) order.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import logging
 import os
 import re
@@ -32,15 +31,13 @@ from .manifest import CaseRow
 from .models import LoadedModel, card_path_for, default_model_path, load_model
 from .outputs import write_explanation, write_json
 from .pipeline import explain_ct
+from .resume import RECORD_FORMAT, RECORD_NAME, case_key, read_record
 from .volumes import SliceOrientation
 
-__all__ = ["BatchSettings", "RECORD_FORMAT", "RECORD_NAME", "STAGING", "case_key", "model_digest", "path_digest",
-           "process_case", "read_record", "record_failure"]
+__all__ = ["BatchSettings", "STAGING", "process_case", "record_failure"]
 
 logger = logging.getLogger(__name__)
 
-RECORD_FORMAT = "seghirescam-batch-case/1"
-RECORD_NAME = "case.json"
 STAGING = ".staging"
 _MODELS: dict[tuple[str, str, int], LoadedModel] = {}  # per process (each Dask worker loads a model once)
 
@@ -95,53 +92,6 @@ class BatchSettings:
         return data
 
 
-def path_digest(path: str | os.PathLike) -> str:
-    """SHA-256 of a file's bytes, or of a folder's files (sorted relative names and contents).
-
-    Raises:
-        FileNotFoundError: If the path does not exist.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no such file or folder: {path}")
-    digest = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for file in files:
-        digest.update(str(file.relative_to(path)).encode() if path.is_dir() else b"")
-        with file.open("rb") as handle:
-            digest.update(hashlib.file_digest(handle, "sha256").digest())
-    return digest.hexdigest()
-
-
-def model_digest(settings: BatchSettings) -> str:
-    """SHA-256 of the model's weights and card files.
-
-    Raises:
-        FileNotFoundError: If either is missing.
-    """
-    return hashlib.sha256((path_digest(settings.model_path()) + path_digest(settings.card_path())).encode()).hexdigest()
-
-
-def case_key(row: CaseRow, settings: BatchSettings) -> str:
-    """The resume key of a case: inputs' contents, segment, point, target, model and settings.
-
-    Raises:
-        FileNotFoundError: If the CT, the label file or the model is missing.
-    """
-    payload = {"format": RECORD_FORMAT, "ct": path_digest(row.ct), "seg": path_digest(row.seg),
-               "segment": row.segment, "point": row.point, "target_class": row.target_class,
-               "model": settings.model_sha256 or model_digest(settings), "settings": settings.key_fields()}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
-
-
-def read_record(case_dir: Path) -> dict | None:
-    """The case's JSON record, or None if there is none or it cannot be read."""
-    try:
-        return json.loads((case_dir / RECORD_NAME).read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
 def _model(settings: BatchSettings) -> LoadedModel:
     path, card = settings.model_path(), settings.card_path()
     cache_key = (str(path), str(card), path.stat().st_mtime_ns)
@@ -153,7 +103,8 @@ def _model(settings: BatchSettings) -> LoadedModel:
 def _base(row: CaseRow, settings: BatchSettings) -> dict:
     return {"format": RECORD_FORMAT, "case_id": row.case_id, "ct": str(row.ct), "seg": str(row.seg),
             "segment": row.segment, "point": list(row.point) if row.point else None,
-            "target_class_requested": row.target_class, "model": str(settings.model_path()), "model_sha256": settings.model_sha256, "settings": settings.key_fields()}
+            "target_class_requested": row.target_class, "model": str(settings.model_path()),
+            "model_sha256": settings.model_sha256, "settings": settings.key_fields()}
 
 
 def _write_outputs(folder: Path, case, result, target: str, settings: BatchSettings) -> dict:
@@ -173,9 +124,9 @@ def _write_outputs(folder: Path, case, result, target: str, settings: BatchSetti
         spacing = orientation.slice_spacing(case.ct.geometry)
         columns = {f"{PRETTY_METHOD.get(m, m)}\n{layer}": orientation.to_slices(heat)
                    for (m, layer), heat in sorted(result.maps.items(), key=lambda kv: (kv[0][1], kv[0][0]))}
-        record["files"]["panel"] = str(write_panel(folder / f"{target}_panel.png", orientation.to_slices(case.ct.array),
-                                                   seg_s, mask_s, columns, panel_slices(seg_s),
-                                                   title=f"target: {target}", aspect=spacing[1] / spacing[2]))
+        panel = write_panel(folder / f"{target}_panel.png", orientation.to_slices(case.ct.array), seg_s, mask_s,
+                            columns, panel_slices(seg_s), title=f"target: {target}", aspect=spacing[1] / spacing[2])
+        record["files"]["panel"] = str(panel)
     return record
 
 
@@ -186,9 +137,9 @@ def _explain(row: CaseRow, settings: BatchSettings, folder: Path, device: str,
                         label_names=settings.label_names, target_class=row.target_class,
                         pixel_set="point" if row.point else "segment", point=row.point,
                         point_radius=settings.point_radius, device=device)
-    result = explain_ct(case.ct, case.mask, loaded, case.target_class, layers=settings.layers, methods=settings.methods,
-                        device=device, batch_size=settings.batch_size, normalize=settings.normalize,
-                        progress=progress, map_dtype=np.dtype(settings.map_dtype))
+    result = explain_ct(case.ct, case.mask, loaded, case.target_class, layers=settings.layers,
+                        methods=settings.methods, device=device, batch_size=settings.batch_size,
+                        normalize=settings.normalize, progress=progress, map_dtype=np.dtype(settings.map_dtype))
     target = re.sub(r"[^A-Za-z0-9._-]+", "_", case.segment_name)
     written = _write_outputs(folder, case, result, target, settings)
     return {**written, "files": {name: Path(p).name for name, p in written["files"].items()},
@@ -230,7 +181,7 @@ def record_failure(row: CaseRow, settings: BatchSettings, out: str | os.PathLike
 
 
 def process_case(row: CaseRow, settings: BatchSettings, out: str | os.PathLike, *, device: str | None = None,
-                 progress: Callable[[int, int], None] | None = None) -> dict:
+                 progress: Callable[[int, int], None] | None = None, worker: str | None = None) -> dict:
     """Explain one case into ``OUT/<case_id>/``, or skip it when it is already done.
 
     Any ``Exception`` (unreadable file, grids that do not overlap, empty segment, NaNs, ...)
@@ -243,6 +194,7 @@ def process_case(row: CaseRow, settings: BatchSettings, out: str | os.PathLike, 
         out: The cohort's output folder.
         device: Overrides ``settings.device`` (a Dask worker's pinned GPU).
         progress: Called as progress(done, total) over the case's slices.
+        worker: Name of the Dask worker running the case (stored in the record).
 
     Returns:
         The case's record (as written to ``case.json``) plus ``reused``: True if it was skipped.
@@ -256,12 +208,13 @@ def process_case(row: CaseRow, settings: BatchSettings, out: str | os.PathLike, 
         folder = _staging(out, row.case_id)
         details = _explain(row, settings, folder, device or settings.device, progress)
         record = {**_base(row, settings), **details, "status": "ok", "key": key,
-                  "seconds": round(time.perf_counter() - started, 3),
+                  "seconds": round(time.perf_counter() - started, 3), "worker": worker,
                   "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         _publish(out, row.case_id, folder, record)
         return {**record, "reused": False}
     except Exception as error:  # noqa: BLE001 - a case's failure is recorded and the cohort goes on
-        logger.warning("case %s failed: %s: %s", row.case_id, type(error).__name__, error, exc_info=logger.isEnabledFor(logging.DEBUG))
+        logger.warning("case %s failed: %s: %s", row.case_id, type(error).__name__, error,
+                       exc_info=logger.isEnabledFor(logging.DEBUG))
         if folder is not None:
             shutil.rmtree(folder, ignore_errors=True)
         return record_failure(row, settings, out, error, key, time.perf_counter() - started)

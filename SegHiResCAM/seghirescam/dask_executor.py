@@ -65,7 +65,7 @@ def dask_case(row: CaseRow, settings: BatchSettings, out: str) -> dict:
         name = get_worker().name
     except ValueError:  # not on a worker (e.g. a synchronous scheduler in tests)
         name = 0
-    return process_case(row, settings, out, device=worker_device(settings.device, name))
+    return process_case(row, settings, out, device=worker_device(settings.device, name), worker=str(name))
 
 
 def run_on_dask(rows: Sequence[CaseRow], settings: BatchSettings, out: str | os.PathLike,
@@ -97,13 +97,13 @@ def run_on_dask(rows: Sequence[CaseRow], settings: BatchSettings, out: str | os.
                                dashboard_address=None)
     client = Client(scheduler or cluster)
     run = uuid.uuid4().hex[:8]
-    futures = {}
+    futures = {}  # future -> its case
     try:
         for row in rows:
-            future = client.submit(dask_case, row, settings, str(out), key=f"seghirescam-{row.case_id}-{run}", pure=False)
-            futures[future.key] = (future, row)
-        for future in as_completed([f for f, _ in futures.values()]):
-            row = futures[future.key][1]
+            futures[client.submit(dask_case, row, settings, str(out), key=f"seghirescam-{row.case_id}-{run}",
+                                  pure=False)] = row
+        for future in as_completed(list(futures)):
+            row = futures[future]
             try:
                 record = future.result()
             except Exception as error:  # noqa: BLE001 - a lost worker fails its case, not the run
@@ -111,7 +111,7 @@ def run_on_dask(rows: Sequence[CaseRow], settings: BatchSettings, out: str | os.
                 record = record_failure(row, settings, out, error)
             on_result(record)
     except BaseException:
-        client.cancel([f for f, _ in futures.values()])
+        client.cancel(list(futures))
         if cluster is not None:
             client.close()
             cluster.close()

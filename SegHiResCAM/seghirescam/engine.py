@@ -27,6 +27,9 @@ from .validation import check_target_class, check_volume_inputs
 __all__ = ["explain_slices", "explain_volume", "DEFAULT_METHODS"]
 
 DEFAULT_METHODS = ("seg-hires-grad-cam", "seg-grad-cam")
+# "auto" on the CPU: at most this many pixels per batch. Larger CPU batches are no faster, but each
+# 512 x 512 slice of the default U-Net costs about 0.3 GB while it is explained.
+CPU_AUTO_BATCH_PIXELS = 2 * 512 * 512
 MapKey = tuple[str, str]
 Preprocess = Callable[[torch.Tensor], torch.Tensor]
 
@@ -132,6 +135,46 @@ def _default_preprocess(slices: torch.Tensor) -> torch.Tensor:
     return slices[:, None]
 
 
+def _normalize_band(stack: np.ndarray, todo: np.ndarray, mode: str) -> np.ndarray:
+    """``normalize_maps`` on the band of slices from the first to the last explained one.
+
+    Slices outside it are all zero, so the result is the same; their memory pages stay
+    untouched (``np.zeros`` pages cost no RAM until written), which keeps a volume's maps small
+    when M spans part of it.
+    """
+    lo, hi = int(todo[0]), int(todo[-1]) + 1
+    band = normalize_maps(stack[lo:hi], mode)
+    scales = np.full(stack.shape[0], band[0] if mode == "volume" else 1.0)
+    scales[lo:hi] = band
+    return scales
+
+
+def _relative_to_peaks(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Maps (B, H, W) each divided by its own max (where > 0), and those maxima (B,) float64."""
+    peaks = values.reshape(len(values), -1).max(axis=1).astype(np.float64)
+    return values / np.where(peaks > 0, peaks, 1.0).astype(values.dtype)[:, None, None], peaks
+
+
+def _rescale_from_peaks(stack: np.ndarray, peaks: np.ndarray, todo: np.ndarray, mode: str) -> np.ndarray:
+    """Finish maps stored relative to their slice peaks (narrow dtypes such as float16) for ``mode``.
+
+    Returns:
+        The scales, as ``normalize_maps`` gives them.
+    """
+    scales = np.ones(stack.shape[0])
+    if mode == "slice":
+        scales[peaks > 0] = peaks[peaks > 0]
+        return scales
+    top = peaks.max()
+    factors = peaks / top if mode == "volume" and top > 0 else peaks  # "none": back to raw values
+    for index in todo:
+        if peaks[index] > 0 and factors[index] != 1.0:
+            stack[index] = (stack[index].astype(np.float32) * np.float32(factors[index])).astype(stack.dtype)
+    if mode == "volume" and top > 0:
+        scales[:] = top
+    return scales
+
+
 def explain_volume(model: nn.Module, volume: np.ndarray, mask: np.ndarray, target_class: int, *,
                    layers: Sequence[str] = ("bottleneck",), methods: Sequence[str | CAMMethod] = DEFAULT_METHODS,
                    axis: int = 0, batch_size: int | str = "auto", device: str | torch.device = "auto",
@@ -164,7 +207,9 @@ def explain_volume(model: nn.Module, volume: np.ndarray, mask: np.ndarray, targe
         cancel: Called before each batch; returning True raises ``ExplanationCancelled``.
         autocast: None, "bf16" or "fp16" (GPU only).
         pad_to_multiple: Pad slices to this multiple (default: ``model.size_multiple`` or 1).
-        map_dtype: dtype of the returned maps (float32, or float16 to halve memory).
+        map_dtype: dtype of the returned maps (float32, or float16 to halve memory). float16 maps
+            are kept relative to each slice's peak while explaining, so small CAM values do not
+            underflow; with ``normalize="none"`` the raw values must fit float16.
 
     Returns:
         An ``ExplanationResult``; ``result[(method, layer)]`` is an array of the volume's shape.
@@ -190,6 +235,8 @@ def explain_volume(model: nn.Module, volume: np.ndarray, mask: np.ndarray, targe
     slices, masks = np.moveaxis(volume, axis, 0), np.moveaxis(mask, axis, 0)
     maps = {(m.name, layer): np.zeros(volume.shape, dtype=map_dtype) for m in method_list for layer in layers}
     views = {key: np.moveaxis(array, axis, 0) for key, array in maps.items()}
+    narrow = np.dtype(map_dtype).itemsize < 4  # float16: slices kept relative to their peaks (no underflow)
+    peaks = {key: np.zeros(slices.shape[0]) for key in maps}
 
     def prepared(indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         raw_slices = torch.from_numpy(np.ascontiguousarray(slices[indices], dtype=np.float32)).to(torch_device)
@@ -200,6 +247,8 @@ def explain_volume(model: nn.Module, volume: np.ndarray, mask: np.ndarray, targe
         if batch_size == "auto":
             example = _pad(*prepared(todo[:1]), multiple)[0]
             batch_size = auto_batch_size(work_model, example, len(todo))
+            if torch_device.type == "cpu":
+                batch_size = max(1, min(batch_size, CPU_AUTO_BATCH_PIXELS // (example.shape[-2] * example.shape[-1])))
         elif isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int or 'auto', got {batch_size!r}")
         done = 0
@@ -220,11 +269,15 @@ def explain_volume(model: nn.Module, volume: np.ndarray, mask: np.ndarray, targe
                     torch.cuda.empty_cache()
                 continue
             for key, batch in batch_maps.items():
-                views[key][indices] = batch.cpu().numpy()
+                values = batch.cpu().numpy()
+                if narrow:
+                    values, peaks[key][indices] = _relative_to_peaks(values)
+                views[key][indices] = values
             done += len(indices)
             if progress is not None:
                 progress(done, len(todo))
-    scales = {key: normalize_maps(views[key], normalize) for key in maps}
+    scales = {key: _rescale_from_peaks(views[key], peaks[key], todo, normalize) if narrow
+              else _normalize_band(views[key], todo, normalize) for key in maps}
     return ExplanationResult(maps=maps, scales=scales, slices_explained=tuple(int(i) for i in todo),
                              slices_skipped=int(slices.shape[0] - todo.size), axis=axis, target_class=int(target_class),
                              normalize=normalize, device=str(torch_device), batch_size=int(batch_size),

@@ -12,7 +12,6 @@ Arrays: target volumes are (s, r, c) axial slices in display convention; model i
 
 from __future__ import annotations
 
-import copy
 import logging
 import time
 import zlib
@@ -27,9 +26,19 @@ from torch import nn
 from .card import ModelCard
 from .engine import explain_slices
 from .evaluation_cases import EvalTarget
-from .exactness import collapse_errors, exactness_errors, head_bias
-from .faithfulness import (MODES, blur_fill, curve_auc, normalise_curves, perturbation_curves, rank_positions,
-                           score_slices, tissue_mean_fill, uniform_fractions)
+from .exactness import COLLAPSE_TOLERANCE, collapse_errors, exactness_errors, head_bias
+from .faithfulness import (
+    MODES,
+    blur_fill,
+    curve_auc,
+    inference_copy,
+    normalise_curves,
+    perturbation_curves,
+    rank_positions,
+    score_slices,
+    tissue_mean_fill,
+    uniform_fractions,
+)
 from .inference import predict_volume
 from .localisation import dilate, localisation_metrics
 from .sanity import cascading_randomisation, randomisation_stages, spearman
@@ -149,7 +158,7 @@ def _row(target: EvalTarget, s: int, method: str, layer: str, metric: str, value
 
 def _faithfulness(model, target, result, maps, slices, x, m, c, config) -> None:
     """Deletion and insertion rows and curves of every map (keys of ``maps``)."""
-    model = copy.deepcopy(model).to(memory_format=torch.channels_last)  # a faster copy for the many forwards
+    model = inference_copy(model)  # a faster copy for the many forwards
     y0, _ = score_slices(model, x, m, m, c, chunk=config.chunk)
     keep = y0 > 0
     result.counts["y0_le_0"] = int((~keep).sum())
@@ -242,7 +251,7 @@ def evaluate_target(model: nn.Module, card: ModelCard, target: EvalTarget,
             result.rows.extend(_row(target, s, *key, "exactness_rel_error", e) for s, e in zip(slices, errors))
     known = set(head_input_layers(model))
     for layer, errors in collapse_errors(model, x, m_t, c, layers=config.layers).items():
-        result.collapsed[layer] = layer in known or bool(np.all(errors < 1e-3))
+        result.collapsed[layer] = layer in known or bool(np.all(errors < COLLAPSE_TOLERANCE))
         result.rows.extend(_row(target, s, "seg-hires-grad-cam", layer, "collapse_error", e)
                            for s, e in zip(slices, errors))
     return result

@@ -19,8 +19,15 @@ import torch
 
 from .cli import DEFAULT_DATA
 from .evaluate import EvaluationConfig, TargetResult, run_evaluation
-from .evaluation_cases import PHANTOM_SEEDS, PHANTOM_SHAPE, PHANTOM_SPACING, REAL_CT_SLAB, EvalTarget, phantom_targets, \
-    real_ct_targets
+from .evaluation_cases import (
+    PHANTOM_SEEDS,
+    PHANTOM_SHAPE,
+    PHANTOM_SPACING,
+    REAL_CT_SLAB,
+    EvalTarget,
+    phantom_targets,
+    real_ct_targets,
+)
 from .evaluation_plots import plot_curves, plot_sanity
 from .evaluation_report import compare, markdown_report, summarise, write_csv
 from .faithfulness import uniform_fractions
@@ -55,9 +62,11 @@ def add_evaluate(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--layer", action="append", dest="layers", help=f"layer (repeatable; default "
                         f"{' '.join(_DEFAULTS.layers)})")
     parser.add_argument("--method", action="append", dest="methods", help="CAM method (repeatable; default all three)")
+    parser.add_argument("--no-sanity", action="store_true", help="skip the cascading weight randomisation")
     for option, (default, text) in _OPTIONS.items():
         choices = ("label", "prediction") if option == "--pixel-set" else None
-        parser.add_argument(option, type=type(default), default=default, choices=choices, help=f"{text} (default {default})")
+        parser.add_argument(option, type=type(default), default=default, choices=choices,
+                            help=f"{text} (default {default})")
 
 
 def _command(args: argparse.Namespace) -> str:
@@ -67,8 +76,7 @@ def _command(args: argparse.Namespace) -> str:
         words += ["--model", str(args.model)]
     if args.data != DEFAULT_DATA:
         words += ["--data", str(args.data)]
-    if args.no_real_ct:
-        words.append("--no-real-ct")
+    words += [flag for flag, on in (("--no-real-ct", args.no_real_ct), ("--no-sanity", args.no_sanity)) if on]
     words += [w for layer in args.layers or () for w in ("--layer", layer)]
     words += [w for method in args.methods or () for w in ("--method", method)]
     for option, (default, _) in _OPTIONS.items():
@@ -111,24 +119,30 @@ def write_evaluation(out: Path, results: list[TargetResult], targets: list[EvalT
     collapsed = sorted({layer for r in results for layer, flag in r.collapsed.items() if flag})
     summary, comparisons = summarise(rows), compare(rows, collapsed)
     counts = {t.name: r.counts for t, r in zip(targets, results)}
-    total = lambda key: sum(c.get(key, 0) for c in counts.values())  # noqa: E731
+
+    def total(key: str) -> int:
+        return sum(c.get(key, 0) for c in counts.values())
+
     groups = list(dict.fromkeys(t.group for t in targets))
     curves, sanity = _pooled(results, targets)
     fractions = uniform_fractions(config.steps)
     plots = [plot_curves(out / f"curves_{layer}.png", curves, fractions, layer, groups).name for layer in config.layers]
-    plots.append(plot_sanity(out / "sanity.png", sanity, stages, config.layers).name)
+    if config.sanity:
+        plots.append(plot_sanity(out / "sanity.png", sanity, stages, config.layers).name)
+    source = "reference label" if config.pixel_set == "label" else "model prediction"
     header = [
         "# Faithfulness of Seg-HiRes-Grad CAM, Seg-Grad CAM and Seg-XRes CAM", "",
-        f"Made by `{command}` in {seconds / 60:.1f} min on {torch.get_num_threads()} CPU threads "
-        f"(torch {torch.__version__}, Python {platform.python_version()}).", "",
-        f"- Model: {model_name}. M: the {'reference label' if config.pixel_set == 'label' else 'model prediction'} "
-        f"of the structure. Targets: {', '.join(t.name for t in targets)}.",
-        f"- Per target the {config.slices_per_target} slices with the largest M: {total('slices')} slices in all. "
-        f"Curves over 0..100% of the slice's pixels in {config.steps} steps, ties broken at random (seed "
-        f"{config.seed}); fills: Gaussian blur (sigma {config.blur_sigma} px) and the slice's soft-tissue mean.",
-        f"- Left out of deletion/insertion: {total('y0_le_0')} slices with y_0 <= 0; {total('span_le_0_blur')} (blur) "
-        f"and {total('span_le_0_mean')} (tissue mean) more whose fully filled score y_100% >= y_0.",
+        (f"Made by `{command}` in {seconds / 60:.1f} min on {torch.get_num_threads()} CPU threads "
+         f"(torch {torch.__version__}, Python {platform.python_version()})."), "",
+        (f"- Model: {model_name}. M: the {source} of the structure. "
+         f"Targets: {', '.join(t.name for t in targets)}."),
+        (f"- Per target the {config.slices_per_target} slices with the largest M: {total('slices')} slices in all. "
+         f"Curves over 0..100% of the slice's pixels in {config.steps} steps, ties broken at random (seed "
+         f"{config.seed}); fills: Gaussian blur (sigma {config.blur_sigma} px) and the slice's soft-tissue mean."),
+        (f"- Left out of deletion/insertion: {total('y0_le_0')} slices with y_0 <= 0; {total('span_le_0_blur')} "
+         f"(blur) and {total('span_le_0_mean')} (tissue mean) more whose fully filled score y_100% >= y_0."),
         f"- Collapsed layers (maps = the logit map): {', '.join(collapsed) or 'none'}.",
+        f"- Cascading randomisation stages: {' > '.join(stages) if config.sanity else 'not run (--no-sanity)'}.",
     ]
     text = markdown_report(summary, comparisons, collapsed=collapsed, header=header, dilation=config.dilation,
                            plots=plots)
@@ -162,7 +176,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     config = EvaluationConfig(layers=tuple(args.layers or _DEFAULTS.layers),
                               methods=tuple(args.methods or _DEFAULTS.methods), slices_per_target=args.slices,
                               steps=args.steps, blur_sigma=args.blur_sigma, dilation=args.dilation,
-                              pixel_set=args.pixel_set, seed=args.seed)
+                              pixel_set=args.pixel_set, seed=args.seed, sanity=not args.no_sanity)
     seeds = tuple(PHANTOM_SEEDS[0] + i for i in range(args.phantoms))
     targets = phantom_targets(seeds, shape=PHANTOM_SHAPE, spacing=PHANTOM_SPACING)
     if not args.no_real_ct:

@@ -14,9 +14,10 @@ import numpy as np  # noqa: E402
 
 __all__ = ["plot_curves", "plot_sanity"]
 
-_STYLE = {"seg-hires-grad-cam": ("Seg-HiRes-Grad CAM", "tab:red", "-"), "seg-grad-cam": ("Seg-Grad CAM", "tab:blue", "-"),
-          "seg-xres-cam": ("Seg-XRes CAM", "tab:green", "-"), "random": ("random map", "0.5", ":"),
-          "M": ("M itself", "black", "--"), "centre-distance": ("centre distance", "tab:purple", ":")}
+_STYLE = {"seg-hires-grad-cam": ("Seg-HiRes-Grad CAM", "tab:red", "-"),
+          "seg-grad-cam": ("Seg-Grad CAM", "tab:blue", "-"), "seg-xres-cam": ("Seg-XRes CAM", "tab:green", "-"),
+          "random": ("random map", "0.5", ":"), "M": ("M itself", "black", "--"),
+          "centre-distance": ("centre distance", "tab:purple", ":")}
 _PANELS = (("blur", "deletion"), ("blur", "insertion"), ("mean", "deletion"), ("mean", "insertion"))
 
 
@@ -53,19 +54,24 @@ def plot_curves(path: str | os.PathLike, curves: dict[tuple[str, str, str, str, 
                 stack = curves.get((group, method, layer if method.startswith("seg-") else "-", fill, mode))
                 if stack is None or not len(stack):
                     continue
-                ax.plot(100 * fractions, np.nanmean(stack, 0), dash, color=colour, lw=1.6 if method.startswith("seg-") else 1.1,
-                        label=f"{label} (n={len(stack)})" if row == 0 and col == 0 else label)
+                ax.plot(100 * fractions, np.nanmean(stack, 0), dash, color=colour, label=label,
+                        lw=1.6 if method.startswith("seg-") else 1.1)
+            if not ax.lines:
+                ax.text(0.5, 0.5, "no slice with y_0 > y_100%", ha="center", transform=ax.transAxes, fontsize=8)
             ax.axhline(0, color="0.85", lw=0.6)
             ax.set_ylim(-0.3, 1.3)
             ax.grid(alpha=0.3)
             if row == 0:
                 ax.set_title(f"{mode}, {'blurred' if fill == 'blur' else 'tissue-mean'} fill", fontsize=9)
             if col == 0:
-                ax.set_ylabel(f"{group}\n(y - y100%) / (y0 - y100%)", fontsize=8)
+                counts = [len(v) for k, v in curves.items() if k[0] == group and k[3:] == (fill, mode)]
+                ax.set_ylabel(f"{group}, n={max(counts, default=0)}\n(y - y100%) / (y0 - y100%)", fontsize=8)
             if row == len(groups) - 1:
                 ax.set_xlabel("% of slice pixels removed / inserted", fontsize=8)
-    handles, labels = axes[0, 1].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=6, fontsize=8, frameon=False)
+    legend = {}
+    for ax in axes.ravel():
+        legend.update(zip(*reversed(ax.get_legend_handles_labels())))
+    fig.legend(list(legend.values()), list(legend), loc="lower center", ncol=6, fontsize=8, frameon=False)
     fig.suptitle(title or f"Deletion / insertion curves at {layer} (mean over slices)", fontsize=10)
     fig.tight_layout(rect=(0, 0.05, 1, 1))
     return _save(fig, path)

@@ -116,12 +116,14 @@ def _table(summary: list[dict], columns: Sequence[tuple[str, str]], collapsed: S
 
 
 FAITHFULNESS = [("deletion_auc_blur", "deletion, blur ↓"), ("insertion_auc_blur", "insertion, blur ↑"),
-                ("deletion_auc_mean", "deletion, tissue mean ↓"), ("insertion_auc_mean", "insertion, tissue mean ↑")]
+                ("deletion_auc_mean", "deletion, tissue mean ↓"),
+                ("insertion_auc_mean", "insertion, tissue mean ↑")]
 DICE = [("deletion_dice_auc_blur", "Dice deletion, blur ↓"), ("insertion_dice_auc_blur", "Dice insertion, blur ↑"),
-        ("deletion_dice_auc_mean", "Dice deletion, mean ↓"), ("insertion_dice_auc_mean", "Dice insertion, mean ↑")]
-LOCALISATION = [("mass_in_m", "mass in M ↑"), ("mass_in_m_dilated", "mass in M+{d}px ↑"), ("pointing", "pointing ↑"),
-                ("pointing_dilated", "pointing M+{d}px ↑"), ("mass_other", "mass on other kidney ↓"),
-                ("mass_outside_body", "mass outside body ↓")]
+        ("deletion_dice_auc_mean", "Dice deletion, mean ↓"),
+        ("insertion_dice_auc_mean", "Dice insertion, mean ↑")]
+LOCALISATION = [("mass_in_m", "mass in M ↑"), ("mass_in_m_dilated", "mass in M+{d}px ↑"),
+                ("pointing", "pointing ↑"), ("pointing_dilated", "pointing M+{d}px ↑"),
+                ("mass_other", "mass on other kidney ↓"), ("mass_outside_body", "mass outside body ↓")]
 SANITY = [("spearman_head", "ρ, head random"), ("spearman_layer", "ρ, down to the layer"),
           ("spearman_all", "ρ, all random"), ("exactness_rel_error", "exactness rel. error")]
 HEADLINE = [("deletion_auc_blur", "deletion, blur ↓"), ("insertion_auc_blur", "insertion, blur ↑"),
@@ -129,7 +131,8 @@ HEADLINE = [("deletion_auc_blur", "deletion, blur ↓"), ("insertion_auc_blur", 
             ("pointing", "pointing ↑"), ("spearman_layer", "ρ, down to the layer ↓")]
 
 
-def _comparison_table(comparisons: list[dict], metrics: Sequence[str]) -> list[str]:
+def _comparison_table(comparisons: list[dict], metrics: dict[str, str]) -> list[str]:
+    """Markdown: one row per (group, layer, metric), a "better / tie / worse" cell per other method."""
     lines = ["| group | layer | metric | " + " | ".join(f"vs {PRETTY[o]}" for o in OTHERS) + " |",
              "|---|---|---|" + "---|" * len(OTHERS)]
     index = {(c["group"], c["layer"], c["metric"], c["other"]): c for c in comparisons}
@@ -141,7 +144,7 @@ def _comparison_table(comparisons: list[dict], metrics: Sequence[str]) -> list[s
             c = index.get((group, layer, metric, other))
             cells.append("–" if c is None else "not counted (collapsed)" if c["collapsed"]
                          else f"{c['better']} / {c['tie']} / {c['worse']}")
-        lines.append(f"| {group} | {layer} | {metric} | " + " | ".join(cells) + " |")
+        lines.append(f"| {group} | {layer} | {metrics[metric]} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -160,23 +163,28 @@ def markdown_report(summary: list[dict], comparisons: list[dict], *, collapsed: 
     Returns:
         The Markdown text.
     """
-    fmt = lambda cols: [(m, h.format(d=dilation)) for m, h in cols]  # noqa: E731
-    non_collapsed = sorted({s["layer"] for s in summary} - set(collapsed))
-    lines = [*header, "", "Cells are mean / median over slices. ↓ lower is better, ↑ higher is better. "
-             f"Rows marked ⚠ collapsed are layers whose maps are the logit map itself (method.md): "
-             "their scores measure the segmentation, not an explanation, and count for no method.", "",
-             "## Headline (informative layers and references)", "",
-             *_table(summary, fmt(HEADLINE), collapsed, layers=non_collapsed), "",
-             "## Deletion and insertion: area under the normalised y_M curve", "",
-             *_table(summary, FAITHFULNESS, collapsed), "",
-             "## Dice of the class near M along the same curves (area under the raw Dice curve)", "",
-             *_table(summary, DICE, collapsed), "",
-             "## Localisation", "", *_table(summary, fmt(LOCALISATION), collapsed), "",
-             "## Sanity (Spearman ρ with the original map after cascading randomisation; lower = the map changed "
-             "more) and HiResCAM exactness (|Σ map − (y_M − |M| b_c)| / |y_M − |M| b_c|, pre-ReLU)", "",
-             *_table(summary, SANITY, collapsed), "",
-             "## Seg-HiRes against the others, per slice: better / tie / worse "
-             f"(tie: within {TIE_TOLERANCE})", "",
-             *_comparison_table(comparisons, [m for m, _ in FAITHFULNESS + LOCALISATION]), ""]
-    lines += [f"![{Path(p).stem}]({p})" for p in plots]
+    def named(columns: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+        return [(metric, header.format(d=dilation)) for metric, header in columns]
+
+    informative = sorted({s["layer"] for s in summary} - set(collapsed))
+    note = ("Cells are mean / median over slices. ↓ lower is better, ↑ higher is better. Rows marked ⚠ collapsed "
+            "are layers whose maps are the logit map itself (method.md): their scores measure the segmentation, "
+            "not an explanation, and count for no method.")
+    sections = [
+        ("Headline (informative layers and references)",
+         _table(summary, named(HEADLINE), collapsed, layers=informative)),
+        ("Deletion and insertion: area under the normalised y_M curve", _table(summary, FAITHFULNESS, collapsed)),
+        ("Dice of the class near M along the same curves (area under the raw Dice curve)",
+         _table(summary, DICE, collapsed)),
+        ("Localisation", _table(summary, named(LOCALISATION), collapsed)),
+        (("Sanity (Spearman ρ with the original map after cascading randomisation; lower = the map changed "
+          "more) and HiResCAM exactness (|Σ map − (y_M − |M| b_c)| / |y_M − |M| b_c|, pre-ReLU)"),
+         _table(summary, SANITY, collapsed)),
+        (f"Seg-HiRes against the others, per slice: better / tie / worse (tie: within {TIE_TOLERANCE})",
+         _comparison_table(comparisons, dict(named(FAITHFULNESS + LOCALISATION + SANITY[1:2])))),
+    ]
+    lines = [*header, "", note]
+    for title, table in sections:
+        lines += ["", f"## {title}", "", *table]
+    lines += [""] + [f"![{Path(p).stem}]({p})" for p in plots]
     return "\n".join(lines) + "\n"

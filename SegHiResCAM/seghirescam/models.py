@@ -182,6 +182,7 @@ def save_model(model: UNet2D, card: ModelCard, path: str | os.PathLike) -> Path:
     temporary = path.with_name(f".{path.name}.tmp")
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(temporary),
               metadata={"card": card.name})
+    os.chmod(temporary, 0o644)  # safetensors creates files readable by the owner only
     os.replace(temporary, path)
     card.save(card_path_for(path))
     return path

@@ -73,9 +73,12 @@ def explain_ct(ct: Volume, mask: np.ndarray, loaded: LoadedModel, target_class: 
                             progress=progress, cancel=cancel, map_dtype=map_dtype)
     n = ct.array.shape[orientation.permutation[0]]
     to_ct_index = (lambda s: n - 1 - s) if orientation.flips[0] else (lambda s: s)
+    maps = {}
+    for key in list(result.maps):  # one map at a time: a reoriented copy replaces its original
+        maps[key] = np.ascontiguousarray(orientation.from_slices(result.maps.pop(key)))
     return dataclasses.replace(
         result,
-        maps={key: np.ascontiguousarray(orientation.from_slices(array)) for key, array in result.maps.items()},
+        maps=maps,
         scales={key: scale[::-1].copy() if orientation.flips[0] else scale for key, scale in result.scales.items()},
         slices_explained=tuple(sorted(to_ct_index(s) for s in result.slices_explained)),
         axis=orientation.permutation[0],

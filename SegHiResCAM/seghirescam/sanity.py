@@ -98,11 +98,16 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     """Spearman rank correlation of two maps over all pixels (ties get average ranks).
 
     Returns:
-        The correlation, or NaN when either map is constant (no ranking to compare).
+        The correlation. If exactly one map is constant (e.g. a map that randomisation turned to
+        zero), no rank information is shared: 0. If both are constant: NaN.
+
+    Raises:
+        ValueError: If the maps have different sizes.
     """
     a, b = np.asarray(a, dtype=np.float64).ravel(), np.asarray(b, dtype=np.float64).ravel()
     if a.size != b.size:
         raise ValueError(f"maps of different sizes: {a.size} and {b.size}")
-    if np.ptp(a) == 0 or np.ptp(b) == 0:
-        return float("nan")
+    flat_a, flat_b = np.ptp(a) == 0, np.ptp(b) == 0
+    if flat_a or flat_b:
+        return float("nan") if flat_a and flat_b else 0.0
     return float(stats.spearmanr(a, b).statistic)
