@@ -79,7 +79,7 @@ def read_summary(out: Path) -> list[dict]:
 
 
 def record(out: Path, case_id: str) -> dict:
-    return json.loads((out / case_id / "case.json").read_text())
+    return json.loads((out / case_id / "case.json").read_text(encoding="utf-8"))
 
 
 def heat(path: Path) -> np.ndarray:
@@ -116,7 +116,7 @@ def test_manifest_values_names_points_and_relative_paths(tmp_path):
     ("case_id,ct,seg,segment\n../up,ct,s,1\nb,,s,1\n", "line 3: empty ct"),
 ])
 def test_bad_manifests_are_reported_before_any_work(tmp_path, capsys, text, message):
-    (tmp_path / "m.csv").write_text(text)
+    (tmp_path / "m.csv").write_text(text, encoding="utf-8")
     with pytest.raises(ManifestError, match="nothing was run|the header"):
         read_manifest(tmp_path / "m.csv")
     assert batch(tmp_path / "m.csv", tmp_path / "out", tmp_path / "no-model.safetensors") == 2
@@ -141,6 +141,7 @@ def test_outputs_keep_the_ct_geometry_and_match_explain(tmp_path):
         assert all(0 < s["mass_inside_m"] < 1 and s["mean_inside_m"] > 0 for s in r["map_statistics"].values())
         assert (out / name / r["files"]["panel"]).stat().st_size > 10_000
         ct = sitk.ReadImage(str(data / f"{name}_ct.nii.gz"))
+        assert r["shape_kji"] == list(ct.GetSize()[::-1])
         for key in ("seg-hires-grad-cam@bottleneck", "seg-grad-cam@bottleneck"):
             image = sitk.ReadImage(str(out / name / r["files"][key]))
             for attribute in ("GetOrigin", "GetSpacing", "GetDirection", "GetSize"):
@@ -214,18 +215,18 @@ def test_failing_cases_are_recorded_and_the_run_goes_on(tmp_path, capsys):
 
 @pytest.mark.parametrize("crash, code", [(KeyboardInterrupt, 130), (OSError, 1)])
 def test_a_crash_while_writing_leaves_nothing_half_written(cohort, tmp_path, monkeypatch, crash, code):
-    import seghirescam.batch_case as batch_case
+    import seghirescam.case_outputs as case_outputs
 
     manifest, model = cohort
-    out, real = tmp_path / "out", batch_case.write_explanation
+    out, real = tmp_path / "out", case_outputs.write_volume
 
-    def write_then_crash(folder, ct, result, *args, **kwargs):
-        written = real(folder, ct, result, *args, **kwargs)  # heatmaps are on disk (staged) ...
-        if "case1" in str(folder):
+    def write_then_crash(volume, path, *args, **kwargs):
+        written = real(volume, path, *args, **kwargs)  # a heatmap is on disk (staged) ...
+        if "case1" in str(path):
             raise crash("No space left on device")  # ... when the case breaks before its record
         return written
 
-    monkeypatch.setattr(batch_case, "write_explanation", write_then_crash)
+    monkeypatch.setattr(case_outputs, "write_volume", write_then_crash)
     assert batch(manifest, out, model, "--no-figure") == code
     assert not leftovers(out) and not (out / ".staging").exists()
     assert record(out, "case0")["status"] == "ok"
@@ -273,7 +274,8 @@ def test_float16_maps_on_request_are_written_as_float32(cohort, tmp_path):
 
 
 def test_cpu_auto_batch_is_capped_at_kits_slice_size():
-    """At 512 x 512 the CPU "auto" batch holds at most 2 slices (~0.3 GB each for the default U-Net)."""
+    """At 512 x 512 the CPU "auto" batch holds 1 slice (~0.3 GB each for the default U-Net; small CPU batches are
+    also the fastest), at 256 x 256 two."""
     from seghirescam import explain_volume
 
     torch.manual_seed(0)
@@ -282,7 +284,9 @@ def test_cpu_auto_batch_is_capped_at_kits_slice_size():
     mask = np.zeros(volume.shape, bool)
     mask[:, 250:260, 250:260] = True
     result = explain_volume(model, volume, mask, 1, batch_size="auto", device="cpu")
-    assert result.batch_size == 2 and len(result.slices_explained) == 4
+    assert result.batch_size == 1 and len(result.slices_explained) == 4
+    small = explain_volume(model, volume[:, ::2, ::2], mask[:, ::2, ::2], 1, batch_size="auto", device="cpu")
+    assert small.batch_size == 2
 
 
 @pytest.mark.parametrize("normalize", ["volume", "slice"])
@@ -302,3 +306,15 @@ def test_float16_maps_keep_small_cams(normalize):
         assert 0 < runs[np.float32].scales[key][explained].max() < 6e-5  # raw CAMs below float16's normal range
         np.testing.assert_allclose(half, full, atol=2e-3)
         np.testing.assert_allclose(runs[np.float16].scales[key], runs[np.float32].scales[key], rtol=1e-6)
+
+
+def test_lean_map_statistics_equal_the_outputs_ones():
+    from seghirescam.case_outputs import map_statistics
+    from seghirescam.outputs import map_statistics as reference
+
+    rng = np.random.default_rng(0)
+    heat = np.clip(rng.normal(0.2, 0.3, (6, 40, 50)), 0, None).astype(np.float32)
+    for mask in (rng.random(heat.shape) < 0.1, np.zeros(heat.shape, bool), np.ones(heat.shape, bool)):
+        lean, full = map_statistics(heat, mask), reference(heat, mask)
+        assert lean.keys() == full.keys()
+        assert all(abs(lean[k] - full[k]) <= 1e-5 for k in full), (lean, full)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import distributed
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -10,8 +11,6 @@ from test_batch import read_summary, record, write_cohort
 from seghirescam.batch import BatchSettings, run_batch
 from seghirescam.cli import main
 from seghirescam.dask_executor import worker_device, worker_ordinal
-
-distributed = pytest.importorskip("distributed")
 
 
 @pytest.mark.parametrize("requested, name, gpus, device", [
@@ -58,7 +57,7 @@ def test_local_cluster_of_two_workers_matches_the_sequential_run(tmp_path):
 
 def test_existing_scheduler_runs_cases_and_records_failures(tmp_path):
     manifest, model = write_cohort(tmp_path / "data", 1)
-    manifest.write_text(manifest.read_text() + "broken,missing_ct.nii.gz,case0_seg.nii.gz,kidney\n")
+    manifest.write_text(manifest.read_text(encoding="utf-8") + "broken,missing_ct.nii.gz,case0_seg.nii.gz,kidney\n")
     with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
         report = run_batch(manifest, tmp_path / "out", BatchSettings(model=str(model), device="cpu", figure=False),
                            executor="dask", scheduler=cluster.scheduler_address, progress=False)

@@ -29,7 +29,7 @@ def test_explain_real_ct_keeps_geometry_and_slices(tmp_path, real_ct_dir):
     assert code == 0
     ct = sitk.ReadImage(str(real_ct_dir / "example_ct.nii.gz"))
     segment = sitk.GetArrayFromImage(sitk.ReadImage(str(real_ct_dir / "example_seg_fast_force_split.nii.gz"))) == 3
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     assert summary["target_class"] == "kidney" and summary["segment"] == "kidney_left"
     heatmaps = sorted(out.glob("kidney_left_*.nrrd"))
     assert len(heatmaps) == 2
@@ -103,7 +103,7 @@ def test_bad_requests_are_named(phantom_files, capsys, args, message):
 
 def test_demo_writes_maps_panels_and_summary(tmp_path):
     assert main(["demo", "--out", str(tmp_path), "--device", "cpu"]) == 0
-    summary = json.loads((tmp_path / "summary.json").read_text())
+    summary = json.loads((tmp_path / "summary.json").read_text(encoding="utf-8"))
     assert [t["target"] for t in summary["targets"]] == ["kidney", "tumor"]
     ct = sitk.ReadImage(str(tmp_path / "ct.nrrd"))
     for target in summary["targets"]:

@@ -30,7 +30,7 @@ def _set_commands(text: str) -> dict[str, list[str]]:
 
 
 def _listed(variable: str) -> list[str]:
-    sets = _set_commands((MODULE / "CMakeLists.txt").read_text())
+    sets = _set_commands((MODULE / "CMakeLists.txt").read_text(encoding="utf-8"))
     module_name = sets["MODULE_NAME"][0]
     return [entry.replace("${MODULE_NAME}", module_name) for entry in sets[variable]]
 
@@ -56,7 +56,7 @@ def test_module_cmake_lists_exactly_the_files_present(variable, present):
 
 
 def test_module_cmake_builds_the_scripted_module_with_its_self_test():
-    text = _strip_comments((MODULE / "CMakeLists.txt").read_text())
+    text = _strip_comments((MODULE / "CMakeLists.txt").read_text(encoding="utf-8"))
     macro = re.search(r"slicerMacroBuildScriptedModule\((.*?)\)", text, flags=re.S)
     assert macro, "slicerMacroBuildScriptedModule(...) is missing"
     for argument in ("NAME ${MODULE_NAME}", "SCRIPTS ${MODULE_PYTHON_SCRIPTS}", "RESOURCES ${MODULE_PYTHON_RESOURCES}",
@@ -68,7 +68,7 @@ def test_module_cmake_builds_the_scripted_module_with_its_self_test():
 
 
 def test_top_level_cmake_describes_the_extension():
-    text = _strip_comments((ROOT / "CMakeLists.txt").read_text())
+    text = _strip_comments((ROOT / "CMakeLists.txt").read_text(encoding="utf-8"))
     sets = _set_commands(text)
     for field in EXTENSION_FIELDS:
         assert sets.get(field) and all(sets[field]), f"{field} is missing or empty"

@@ -9,17 +9,18 @@ import numpy as np
 import pytest
 import torch
 from conftest import make_unet
+from test_faithfulness import LinearModel
+from torch import nn
+
 from seghirescam import UNet2D, explain_slices
 from seghirescam.card import ModelCard
 from seghirescam.cli import main
 from seghirescam.evaluate import EvaluationConfig, evaluate_target
-from seghirescam.evaluation_cases import EvalTarget
+from seghirescam.evaluation_cases import EvalTarget, pixel_set
 from seghirescam.exactness import collapse_errors, collapsed_layers, exactness_errors
 from seghirescam.localisation import localisation_metrics
 from seghirescam.models import save_model, unet_card
 from seghirescam.sanity import cascading_randomisation, randomisation_stages, randomise_modules, spearman
-from test_faithfulness import LinearModel
-from torch import nn
 
 METHODS = ("seg-hires-grad-cam", "seg-grad-cam", "seg-xres-cam")
 
@@ -125,6 +126,11 @@ def test_spearman_of_identical_reordered_and_constant_maps():
     a = np.random.default_rng(0).random((8, 8))
     assert spearman(a, a) == pytest.approx(1.0) and spearman(a, -a) == pytest.approx(-1.0)
     assert spearman(a, np.zeros_like(a)) == 0.0 and np.isnan(spearman(np.ones(4), np.zeros(4)))
+    # Two maps zero on most of the slice, reversed where they are not: shared zeros inflate rho over all pixels.
+    sparse, reversed_ = np.zeros(400), np.zeros(400)
+    sparse[:20], reversed_[:20] = np.arange(1, 21), np.arange(20, 0, -1)
+    assert spearman(sparse, reversed_) > 0.5
+    assert spearman(sparse, reversed_, support_only=True) == pytest.approx(-1.0)
 
 
 def _bright_structure(seed: int, slices: int) -> np.ndarray:
@@ -161,6 +167,23 @@ def test_slices_with_y0_not_above_zero_are_left_out_and_counted():
     assert max(exact) < 1e-4 and result.collapsed == {"features": True}
 
 
+def test_m_from_the_prediction_keeps_the_predicted_parts_that_touch_the_label():
+    ct = np.full((2, 32, 32), -50.0, dtype=np.float32)  # LinearModel: class 1 wherever the input is > 0
+    ct[:, 8:16, 8:16] = 100.0  # predicted and labelled (the label is a little smaller)
+    ct[:, 24:30, 24:30] = 100.0  # predicted, far from the label
+    target = _linear_target(ct)
+    target = EvalTarget(target.name, target.group, target.class_name, ct, np.zeros_like(target.reference),
+                        target.other, target.body)
+    target.reference[:, 10:14, 10:14] = True
+    m = pixel_set(LinearModel(), LINEAR_CARD, target, "prediction", 1)
+    expected = np.zeros_like(m)
+    expected[:, 8:16, 8:16] = True
+    assert np.array_equal(m, expected)
+    assert np.array_equal(pixel_set(LinearModel(), LINEAR_CARD, target, "label", 1), target.reference)
+    with pytest.raises(ValueError, match="pixel_set"):
+        pixel_set(LinearModel(), LINEAR_CARD, target, "argmax", 1)
+
+
 def test_an_evaluation_is_reproducible():
     ct = _bright_structure(1, 2)
     config = EvaluationConfig(layers=("features",), slices_per_target=2, steps=4)
@@ -182,12 +205,12 @@ def test_the_evaluate_command_writes_tables_plots_and_the_command(tmp_path, caps
             "--slices", "1", "--steps", "2", "--layer", "bottleneck", "--layer", "dec1", "--no-sanity"]
     assert main(argv) == 0
     assert "evaluation.md" in capsys.readouterr().out
-    record = json.loads((out / "run.json").read_text())
+    record = json.loads((out / "run.json").read_text(encoding="utf-8"))
     assert record["collapsed_layers"] == ["dec1"]
     assert record["command"].startswith("seghirescam evaluate --out") and "--steps 2" in record["command"]
-    report = (out / "evaluation.md").read_text()
+    report = (out / "evaluation.md").read_text(encoding="utf-8")
     assert record["command"] in report and "dec1 ⚠ collapsed" in report and "not counted (collapsed)" in report
-    with (out / "summary.csv").open() as handle:
+    with (out / "summary.csv").open(encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     assert {r["group"] for r in rows} == {"tumor (phantoms)", "kidney (phantoms)"}
     assert {"mass_in_m", "pointing", "exactness_rel_error"} <= {r["metric"] for r in rows}

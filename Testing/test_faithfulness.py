@@ -5,19 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from seghirescam.faithfulness import (
-    Curves,
-    blur_fill,
-    curve_auc,
-    normalise_curves,
-    perturbation_curves,
-    rank_positions,
-    score_slices,
-    tissue_mean_fill,
-    uniform_fractions,
-)
-from seghirescam.localisation import dilate, localisation_metrics
+from conftest import make_unet
 from torch import nn
+
+from seghirescam.faithfulness import (Curves, blur_fill, curve_auc, inference_copy, normalise_curves,
+                                      perturbation_curves, rank_positions, score_slices, tissue_mean_fill,
+                                      uniform_fractions)
+from seghirescam.localisation import dilate, localisation_metrics
 
 
 class LinearModel(nn.Module):
@@ -168,9 +162,6 @@ def test_curves_refuse_bad_fractions_and_modes():
 
 
 def test_the_inference_copy_computes_the_same_logits_and_leaves_the_model_alone():
-    from conftest import make_unet
-    from seghirescam.faithfulness import inference_copy
-
     model = make_unet((4, 8, 16))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     fast = inference_copy(model)

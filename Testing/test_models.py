@@ -104,7 +104,7 @@ def test_malformed_cards_are_refused(tmp_path, tiny, edit, message):
     _, card = tiny
     data = json.loads(card.to_json())
     edit(data)
-    (tmp_path / "c.json").write_text(json.dumps(data))
+    (tmp_path / "c.json").write_text(json.dumps(data), encoding="utf-8")
     with pytest.raises(CardError, match=message):
         ModelCard.load(tmp_path / "c.json")
 

@@ -332,7 +332,7 @@ def test_only_the_mrml_modules_import_slicer():
     for path in sorted(package.glob("*.py")):
         if path.stem.startswith("mrml"):
             continue
-        for node in ast.walk(ast.parse(path.read_text())):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
                 [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
             offenders += [f"{path.name}: {n}" for n in names if n.split(".")[0] in ("slicer", "vtk", "qt", "ctk")]

@@ -199,7 +199,7 @@ def main(argv: list[str]) -> int:
 def read_record_file(path: Path) -> dict:
     """A case's JSON record, or {} when there is none or it cannot be read."""
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return {}
 

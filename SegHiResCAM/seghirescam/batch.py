@@ -94,7 +94,7 @@ def write_summary(out: str | os.PathLike, records: Sequence[dict]) -> Path:
                          *(stats.get(name, {}).get("mass_inside_m", "") for name in maps),
                          f"{error['type']}: {error['message']}" if error else ""])
     path, temporary = out / SUMMARY_NAME, out / f".{SUMMARY_NAME}.tmp"
-    temporary.write_text(buffer.getvalue())
+    temporary.write_text(buffer.getvalue(), encoding="utf-8")
     os.replace(temporary, path)
     return path
 
@@ -166,7 +166,8 @@ def run_batch(manifest: str | os.PathLike | Sequence[CaseRow], out: str | os.Pat
     def on_result(record: dict) -> None:
         finished[record["case_id"]] = record
         bar.update(1)
-        bar.set_postfix(failed=sum(r["status"] != "ok" for r in finished.values()), refresh=False)
+        explained = sum(r.get("slices_explained", 0) for r in finished.values() if not r.get("reused"))
+        bar.set_postfix(slices=explained, failed=sum(r["status"] != "ok" for r in finished.values()), refresh=False)
 
     order = [row.case_id for row in rows]
     try:

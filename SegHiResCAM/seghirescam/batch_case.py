@@ -24,15 +24,14 @@ from pathlib import Path
 
 import numpy as np
 
+from .case_outputs import write_case_outputs
 from .cases import prepare_case
 from .engine import DEFAULT_METHODS
-from .figures import PRETTY_METHOD, panel_slices, write_panel
 from .manifest import CaseRow
 from .models import LoadedModel, card_path_for, default_model_path, load_model
-from .outputs import write_explanation, write_json
+from .outputs import write_json
 from .pipeline import explain_ct
 from .resume import RECORD_FORMAT, RECORD_NAME, case_key, read_record
-from .volumes import SliceOrientation
 
 __all__ = ["BatchSettings", "STAGING", "process_case", "record_failure"]
 
@@ -107,29 +106,6 @@ def _base(row: CaseRow, settings: BatchSettings) -> dict:
             "model_sha256": settings.model_sha256, "settings": settings.key_fields()}
 
 
-def _write_outputs(folder: Path, case, result, target: str, settings: BatchSettings) -> dict:
-    """Heatmaps, panel and statistics; float16 maps are written as float32, one map at a time."""
-    if all(heat.dtype == np.float32 for heat in result.maps.values()):
-        return write_explanation(folder, case.ct, result, case.mask, case.segment, target,
-                                 extension=settings.extension, figure=settings.figure)
-    record = {"target": target, "files": {}, "map_statistics": {}, **result.summary()}
-    for key, heat in result.maps.items():
-        one = write_explanation(folder, case.ct, dataclasses.replace(result, maps={key: heat.astype(np.float32)}),
-                                case.mask, case.segment, target, extension=settings.extension, figure=False)
-        record["files"].update(one["files"])
-        record["map_statistics"].update(one["map_statistics"])
-    if settings.figure:  # the panel reads a few slices of each map: float16 is fine there
-        orientation = SliceOrientation.from_geometry(case.ct.geometry)
-        seg_s, mask_s = orientation.to_slices(case.segment), orientation.to_slices(case.mask)
-        spacing = orientation.slice_spacing(case.ct.geometry)
-        columns = {f"{PRETTY_METHOD.get(m, m)}\n{layer}": orientation.to_slices(heat)
-                   for (m, layer), heat in sorted(result.maps.items(), key=lambda kv: (kv[0][1], kv[0][0]))}
-        panel = write_panel(folder / f"{target}_panel.png", orientation.to_slices(case.ct.array), seg_s, mask_s,
-                            columns, panel_slices(seg_s), title=f"target: {target}", aspect=spacing[1] / spacing[2])
-        record["files"]["panel"] = str(panel)
-    return record
-
-
 def _explain(row: CaseRow, settings: BatchSettings, folder: Path, device: str,
              progress: Callable[[int, int], None] | None) -> dict:
     loaded = _model(settings)
@@ -140,13 +116,14 @@ def _explain(row: CaseRow, settings: BatchSettings, folder: Path, device: str,
     result = explain_ct(case.ct, case.mask, loaded, case.target_class, layers=settings.layers,
                         methods=settings.methods, device=device, batch_size=settings.batch_size,
                         normalize=settings.normalize, progress=progress, map_dtype=np.dtype(settings.map_dtype))
-    target = re.sub(r"[^A-Za-z0-9._-]+", "_", case.segment_name)
-    written = _write_outputs(folder, case, result, target, settings)
+    target, shape = re.sub(r"[^A-Za-z0-9._-]+", "_", case.segment_name), list(case.ct.array.shape)
+    written = write_case_outputs(folder, case, result, target, extension=settings.extension,
+                                 figure=settings.figure)
     return {**written, "files": {name: Path(p).name for name, p in written["files"].items()},
             "target_class": case.target_class, "target_class_name": loaded.card.classes[case.target_class],
             "segment_name": case.segment_name, "label_values": case.label_values,
             "pixel_set": "point" if row.point else "segment", "slice_indices": list(result.slices_explained),
-            "shape_kji": list(case.ct.array.shape), "explain_seconds": round(result.seconds, 3)}
+            "shape_kji": shape, "explain_seconds": round(result.seconds, 3)}
 
 
 def _publish(out: Path, case_id: str, folder: Path, record: dict) -> None:

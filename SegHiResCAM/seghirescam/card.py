@@ -142,7 +142,7 @@ class ModelCard:
         if not path.is_file():
             raise FileNotFoundError(f"model card not found: {path}")
         try:
-            return cls.from_dict(json.loads(path.read_text()))
+            return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
         except (json.JSONDecodeError, TypeError) as error:
             raise CardError(f"model card {path} is not valid: {error}") from error
         except CardError as error:
@@ -152,6 +152,6 @@ class ModelCard:
         """Write the card atomically (temporary file, then rename)."""
         path = Path(path)
         temporary = path.with_name(f".{path.name}.tmp")
-        temporary.write_text(self.to_json() + "\n")
+        temporary.write_text(self.to_json() + "\n", encoding="utf-8")
         os.replace(temporary, path)
         return path

@@ -55,7 +55,7 @@ def read_label_names(path: str | os.PathLike) -> dict[int, str]:
         ValueError: If it is not such a JSON object.
     """
     try:
-        return {int(k): str(v) for k, v in json.loads(Path(path).read_text()).items()}
+        return {int(k): str(v) for k, v in json.loads(Path(path).read_text(encoding="utf-8")).items()}
     except (json.JSONDecodeError, AttributeError, TypeError, ValueError) as error:
         raise ValueError(f"{path} is not a JSON object of label value -> name: {error}") from error
 

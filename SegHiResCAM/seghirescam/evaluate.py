@@ -20,35 +20,22 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from scipy import ndimage
 from torch import nn
 
 from .card import ModelCard
 from .engine import explain_slices
-from .evaluation_cases import EvalTarget
+from .evaluation_cases import EvalTarget, pixel_set, reference_maps
 from .exactness import COLLAPSE_TOLERANCE, collapse_errors, exactness_errors, head_bias
-from .faithfulness import (
-    MODES,
-    blur_fill,
-    curve_auc,
-    inference_copy,
-    normalise_curves,
-    perturbation_curves,
-    rank_positions,
-    score_slices,
-    tissue_mean_fill,
-    uniform_fractions,
-)
-from .inference import predict_volume
+from .faithfulness import (MODES, blur_fill, curve_auc, inference_copy, normalise_curves, perturbation_curves,
+                           rank_positions, score_slices, tissue_mean_fill, uniform_fractions)
 from .localisation import dilate, localisation_metrics
 from .sanity import cascading_randomisation, randomisation_stages, spearman
 from .unet import head_input_layers
 
-__all__ = ["EvaluationConfig", "TargetResult", "evaluate_target", "run_evaluation", "reference_maps", "pixel_set",
-           "REFERENCES", "NO_LAYER"]
+__all__ = ["EvaluationConfig", "TargetResult", "evaluate_target", "run_evaluation", "REFERENCES", "NO_LAYER"]
 
 log = logging.getLogger(__name__)
-REFERENCES = ("random", "M", "centre-distance")
+REFERENCES = ("random", "M", "centre-distance")  # the names reference_maps gives
 NO_LAYER = "-"  # the layer of a reference map, which depends on no layer
 TISSUE_HU = (-150.0, 250.0)  # soft tissue and fat, no air, no bone: the tissue-mean fill's pixels
 
@@ -91,14 +78,14 @@ class TargetResult:
     Attributes:
         rows: Per-slice metrics: dicts with target, group, slice, method, layer, metric, value.
         curves: {(method, layer, fill, mode): (n_valid, F) normalised y_M curves}.
-        sanity: {(method, layer): {stage: (B,) Spearman}}.
+        sanity: {(method, layer, pixels): {stage: (B,) Spearman}}, pixels "all" or "support" (``spearman``).
         counts: Slice counts: explained, left out for y_0 <= 0, and per fill for y_0 <= y_100%.
         collapsed: {layer: flagged as collapsing to the logit map}.
     """
 
     rows: list[dict] = field(default_factory=list)
     curves: dict[tuple[str, str, str, str], np.ndarray] = field(default_factory=dict)
-    sanity: dict[tuple[str, str], dict[str, np.ndarray]] = field(default_factory=dict)
+    sanity: dict[tuple[str, str, str], dict[str, np.ndarray]] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
     collapsed: dict[str, bool] = field(default_factory=dict)
 
@@ -106,49 +93,6 @@ class TargetResult:
 def _rng(seed: int, *names: object) -> np.random.Generator:
     """A generator determined by the seed and names (not by the order of the work)."""
     return np.random.default_rng([seed, *(zlib.crc32(str(n).encode()) for n in names)])
-
-
-def reference_maps(m: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """The reference rankings of one slice: a random map, M itself, closeness to M's centroid.
-
-    Args:
-        m: Pixel set M (H, W) bool, not empty.
-        rng: Draws the random map.
-
-    Returns:
-        {name: map (H, W) >= 0}, names as in ``REFERENCES``.
-    """
-    rows, cols = np.indices(m.shape)
-    centre = np.argwhere(m).mean(0)
-    distance = np.hypot(rows - centre[0], cols - centre[1])
-    return {"random": rng.random(m.shape), "M": m.astype(np.float64), "centre-distance": distance.max() - distance}
-
-
-def pixel_set(model: nn.Module, card: ModelCard, target: EvalTarget, mode: str, class_index: int) -> np.ndarray:
-    """M on every slice of a target, (s, r, c) bool.
-
-    Args:
-        model, card: The model and its card (preprocessing).
-        target: The target.
-        mode: "label": the reference label; "prediction": the model's argmax == class, keeping the
-            connected in-plane components that touch the label dilated by 3 pixels.
-        class_index: The class c.
-
-    Raises:
-        ValueError: For an unknown mode.
-    """
-    if mode == "label":
-        return target.reference.copy()
-    if mode != "prediction":
-        raise ValueError(f"pixel_set must be 'label' or 'prediction', got {mode!r}")
-    predicted = predict_volume(model, target.ct, preprocess=card.preprocess, device="cpu") == class_index
-    near = dilate(target.reference, 3)
-    result = np.zeros_like(predicted)
-    for s in np.flatnonzero(predicted.any((1, 2)) & near.any((1, 2))):
-        components, _ = ndimage.label(predicted[s])
-        touching = np.unique(components[near[s] & predicted[s]])
-        result[s] = np.isin(components, touching[touching > 0])
-    return result
 
 
 def _row(target: EvalTarget, s: int, method: str, layer: str, metric: str, value: float) -> dict:
@@ -193,14 +137,16 @@ def _sanity(model, target, result, cams, slices, x, m_t, c, config) -> None:
                                          seed=config.seed, stages=stages)
     names = [name for name, _ in stages]
     for key, original in cams.items():
-        per_stage = {stage: np.array([spearman(original[b], maps[key][b].numpy()) for b in range(len(slices))])
-                     for stage, maps in randomised.items()}
-        result.sanity[key] = per_stage
         own = next((n for n, modules in stages if key[1] in modules), None)
         summary = {"spearman_head": names[0], "spearman_layer": own, "spearman_all": names[-1]}
-        for metric, stage in summary.items():
-            for b, s in enumerate(slices):
-                result.rows.append(_row(target, s, *key, metric, per_stage[stage][b] if stage else np.nan))
+        for pixels, suffix in (("all", ""), ("support", "_support")):
+            per_stage = {stage: np.array([spearman(original[b], maps[key][b].numpy(), support_only=pixels != "all")
+                                          for b in range(len(slices))]) for stage, maps in randomised.items()}
+            result.sanity[(*key, pixels)] = per_stage
+            for metric, stage in summary.items():
+                for b, s in enumerate(slices):
+                    value = per_stage[stage][b] if stage else np.nan
+                    result.rows.append(_row(target, s, *key, metric + suffix, value))
 
 
 def evaluate_target(model: nn.Module, card: ModelCard, target: EvalTarget,

@@ -1,13 +1,14 @@
 """``seghirescam evaluate``: the faithfulness evaluation from the command line, and its output folder.
 
-Writes per_slice.csv, summary.csv, comparisons.csv, evaluation.md, curves_<layer>.png,
-sanity.png and run.json (settings, counts, runtime, the command) into ``--out``.
+Writes per_slice.csv, summary.csv, comparisons.csv, evaluation.md, curves_<layer>.png, curves.npz
+(the normalised curves, keys "group|method|layer|fill|mode"), sanity.png and run.json (settings,
+counts, runtime, the command) into ``--out``.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
+import os
 import platform
 import shlex
 from collections import defaultdict
@@ -19,15 +20,8 @@ import torch
 
 from .cli import DEFAULT_DATA
 from .evaluate import EvaluationConfig, TargetResult, run_evaluation
-from .evaluation_cases import (
-    PHANTOM_SEEDS,
-    PHANTOM_SHAPE,
-    PHANTOM_SPACING,
-    REAL_CT_SLAB,
-    EvalTarget,
-    phantom_targets,
-    real_ct_targets,
-)
+from .evaluation_cases import (PHANTOM_SEEDS, PHANTOM_SHAPE, PHANTOM_SPACING, REAL_CT_SLAB, EvalTarget,
+                               phantom_targets, real_ct_targets)
 from .evaluation_plots import plot_curves, plot_sanity
 from .evaluation_report import compare, markdown_report, summarise, write_csv
 from .faithfulness import uniform_fractions
@@ -37,7 +31,6 @@ from .sanity import randomisation_stages
 
 __all__ = ["add_evaluate", "run_evaluate", "write_evaluation"]
 
-log = logging.getLogger(__name__)
 _DEFAULTS = EvaluationConfig()
 # option -> (default, help); the command written into the report lists the options that differ.
 _OPTIONS = {
@@ -146,14 +139,17 @@ def write_evaluation(out: Path, results: list[TargetResult], targets: list[EvalT
     ]
     text = markdown_report(summary, comparisons, collapsed=collapsed, header=header, dilation=config.dilation,
                            plots=plots)
-    (out / "evaluation.md").write_text(text)
+    temporary = out / ".evaluation.md.tmp"  # UTF-8 whatever the locale: the report holds ↓, ρ, ⚠
+    temporary.write_text(text, encoding="utf-8")
+    os.replace(temporary, out / "evaluation.md")
     write_csv(out / "per_slice.csv", rows)
     write_csv(out / "summary.csv", summary)
     write_csv(out / "comparisons.csv", comparisons)
+    np.savez_compressed(out / "curves.npz", fractions=fractions, **{"|".join(k): v for k, v in curves.items()})
     record = {"command": command, "seconds": round(seconds, 1), "threads": torch.get_num_threads(),
               "torch": torch.__version__, "model": model_name, "config": asdict(config), "counts": counts,
               "collapsed_layers": collapsed, "files": ["evaluation.md", "per_slice.csv", "summary.csv",
-                                                       "comparisons.csv", *plots]}
+                                                       "comparisons.csv", "curves.npz", *plots]}
     write_json(out / "run.json", record)
     return record
 

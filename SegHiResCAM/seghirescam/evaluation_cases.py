@@ -1,4 +1,4 @@
-"""The cases of the faithfulness evaluation: phantoms with tumours, and the shared real CT.
+"""The cases of the faithfulness evaluation (phantoms with tumours, the shared real CT), M and reference maps.
 
 Every target is a stack of axial slices in the model's display convention, arrays
 (s, r, c) = (slices, rows anterior->posterior, columns patient right->left), with the reference
@@ -14,11 +14,15 @@ from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
+from torch import nn
 
+from .card import ModelCard
+from .inference import predict_volume
+from .localisation import dilate
 from .phantom import LABELS, make_phantom
 from .volumes import SliceOrientation, read_volume
 
-__all__ = ["EvalTarget", "phantom_targets", "real_ct_targets", "body_mask", "PHANTOM_SEEDS", "PHANTOM_SHAPE",
+__all__ = ["EvalTarget", "phantom_targets", "real_ct_targets", "body_mask", "pixel_set", "reference_maps", "PHANTOM_SEEDS", "PHANTOM_SHAPE",
            "PHANTOM_SPACING", "REAL_CT_SLAB"]
 
 PHANTOM_SEEDS = (7001, 7002, 7003, 7004)  # disjoint from training (1000..1047) and validation (9001..9004)
@@ -131,3 +135,46 @@ def real_ct_targets(data_dir: str | os.PathLike, slab: tuple[int, int] = REAL_CT
         targets.append(EvalTarget(f"real-ct/{side}-kidney", "kidney (real CT)", "kidney", ct, seg == label,
                                   seg == other, body))
     return targets
+
+
+def reference_maps(m: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """The reference rankings of one slice: a random map, M itself, closeness to M's centroid.
+
+    Args:
+        m: Pixel set M (H, W) bool, not empty.
+        rng: Draws the random map.
+
+    Returns:
+        {"random": ..., "M": ..., "centre-distance": ...}, maps (H, W) >= 0.
+    """
+    rows, cols = np.indices(m.shape)
+    centre = np.argwhere(m).mean(0)
+    distance = np.hypot(rows - centre[0], cols - centre[1])
+    return {"random": rng.random(m.shape), "M": m.astype(np.float64), "centre-distance": distance.max() - distance}
+
+
+def pixel_set(model: nn.Module, card: ModelCard, target: EvalTarget, mode: str, class_index: int) -> np.ndarray:
+    """M on every slice of a target, (s, r, c) bool.
+
+    Args:
+        model, card: The model and its card (preprocessing).
+        target: The target.
+        mode: "label": the reference label; "prediction": the model's argmax == class, keeping the
+            connected in-plane components that touch the label dilated by 3 pixels.
+        class_index: The class c.
+
+    Raises:
+        ValueError: For an unknown mode.
+    """
+    if mode == "label":
+        return target.reference.copy()
+    if mode != "prediction":
+        raise ValueError(f"pixel_set must be 'label' or 'prediction', got {mode!r}")
+    predicted = predict_volume(model, target.ct, preprocess=card.preprocess, device="cpu") == class_index
+    near = dilate(target.reference, 3)
+    result = np.zeros_like(predicted)
+    for s in np.flatnonzero(predicted.any((1, 2)) & near.any((1, 2))):
+        components, _ = ndimage.label(predicted[s])
+        touching = np.unique(components[near[s] & predicted[s]])
+        result[s] = np.isin(components, touching[touching > 0])
+    return result

@@ -17,7 +17,7 @@ __all__ = ["plot_curves", "plot_sanity"]
 _STYLE = {"seg-hires-grad-cam": ("Seg-HiRes-Grad CAM", "tab:red", "-"),
           "seg-grad-cam": ("Seg-Grad CAM", "tab:blue", "-"), "seg-xres-cam": ("Seg-XRes CAM", "tab:green", "-"),
           "random": ("random map", "0.5", ":"), "M": ("M itself", "black", "--"),
-          "centre-distance": ("centre distance", "tab:purple", ":")}
+          "centre-distance": ("centre distance", "tab:purple", "-.")}
 _PANELS = (("blur", "deletion"), ("blur", "insertion"), ("mean", "deletion"), ("mean", "insertion"))
 
 
@@ -65,25 +65,27 @@ def plot_curves(path: str | os.PathLike, curves: dict[tuple[str, str, str, str, 
                 ax.set_title(f"{mode}, {'blurred' if fill == 'blur' else 'tissue-mean'} fill", fontsize=9)
             if col == 0:
                 counts = [len(v) for k, v in curves.items() if k[0] == group and k[3:] == (fill, mode)]
-                ax.set_ylabel(f"{group}, n={max(counts, default=0)}\n(y - y100%) / (y0 - y100%)", fontsize=8)
+                ax.set_ylabel(f"{group}, n={max(counts, default=0)}", fontsize=8)
             if row == len(groups) - 1:
                 ax.set_xlabel("% of slice pixels removed / inserted", fontsize=8)
     legend = {}
     for ax in axes.ravel():
         legend.update(zip(*reversed(ax.get_legend_handles_labels())))
     fig.legend(list(legend.values()), list(legend), loc="lower center", ncol=6, fontsize=8, frameon=False)
-    fig.suptitle(title or f"Deletion / insertion curves at {layer} (mean over slices)", fontsize=10)
-    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    fig.suptitle(title or f"Deletion / insertion at {layer}: mean of (y_M - y_100%) / (y_0 - y_100%) over slices",
+                 fontsize=10)
+    fig.tight_layout(rect=(0.02, 0.05, 1, 1))
     return _save(fig, path)
 
 
-def plot_sanity(path: str | os.PathLike, sanity: dict[tuple[str, str], dict[str, list[float]]],
+def plot_sanity(path: str | os.PathLike, sanity: dict[tuple[str, str, str], dict[str, list[float]]],
                 stages: Sequence[str], layers: Sequence[str], *, title: str = "") -> Path:
     """Mean Spearman with the original map after each cumulative randomisation stage, one panel per layer.
 
     Args:
         path: The PNG to write.
-        sanity: {(method, layer): {stage: per-slice Spearman values}}.
+        sanity: {(method, layer, pixels): {stage: per-slice Spearman values}}, pixels "support" (drawn
+            solid) or "all" (dashed).
         stages: The cascade's stage names, head first.
         layers: One panel each.
         title: Figure title.
@@ -92,20 +94,25 @@ def plot_sanity(path: str | os.PathLike, sanity: dict[tuple[str, str], dict[str,
         The path written.
     """
     path = Path(path)
-    fig, axes = plt.subplots(1, len(layers), figsize=(3.6 * len(layers), 3.2), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(1, len(layers), figsize=(3.6 * len(layers), 3.9), squeeze=False, sharey=True)
     for ax, layer in zip(axes[0], layers):
-        for method, (label, colour, dash) in _STYLE.items():
-            per_stage = sanity.get((method, layer))
-            if per_stage is None:
-                continue
-            means = [np.nanmean(per_stage[s]) if np.isfinite(per_stage[s]).any() else np.nan for s in stages]
-            ax.plot(range(len(stages)), means, dash, marker="o", ms=3, color=colour, label=label)
+        for method, (label, colour, _) in _STYLE.items():
+            for pixels, dash in (("support", "-"), ("all", "--")):
+                per_stage = sanity.get((method, layer, pixels))
+                if per_stage is None:
+                    continue
+                means = [np.nanmean(per_stage[s]) if np.isfinite(per_stage[s]).any() else np.nan for s in stages]
+                ax.plot(range(len(stages)), means, dash, marker="o" if pixels == "support" else None, ms=3,
+                        color=colour, lw=1.5 if pixels == "support" else 0.9,
+                        label=f"{label}, {'on support' if pixels == 'support' else 'all pixels'}")
         ax.axhline(0, color="0.8", lw=0.6)
         ax.set_xticks(range(len(stages)), stages, rotation=60, fontsize=7)
         ax.set_title(f"maps at {layer}", fontsize=9)
         ax.grid(alpha=0.3)
     axes[0, 0].set_ylabel("Spearman ρ with the original map", fontsize=8)
-    axes[0, 0].legend(fontsize=7)
-    fig.suptitle(title or "Cascading randomisation (weights re-initialised from the head down)", fontsize=10)
-    fig.tight_layout()
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=7, frameon=False)
+    fig.suptitle(title or "Cascading randomisation (weights re-initialised from the head down, cumulative)",
+                 fontsize=10)
+    fig.tight_layout(rect=(0, 0.14, 1, 1))
     return _save(fig, path)

@@ -21,7 +21,8 @@ HIGHER_IS_BETTER = {
     "deletion_dice_auc_blur": False, "deletion_dice_auc_mean": False, "insertion_dice_auc_blur": True,
     "insertion_dice_auc_mean": True, "mass_in_m": True, "mass_in_m_dilated": True, "pointing": True,
     "pointing_dilated": True, "mass_other": False, "mass_outside_body": False,
-    "spearman_head": False, "spearman_layer": False, "spearman_all": False, "exactness_rel_error": False,
+    "spearman_head": False, "spearman_layer": False, "spearman_all": False, "spearman_head_support": False,
+    "spearman_layer_support": False, "spearman_all_support": False, "exactness_rel_error": False,
 }
 HIRES, OTHERS = "seg-hires-grad-cam", ("seg-grad-cam", "seg-xres-cam")
 PRETTY = {"seg-hires-grad-cam": "Seg-HiRes", "seg-grad-cam": "Seg-Grad", "seg-xres-cam": "Seg-XRes",
@@ -80,7 +81,7 @@ def write_csv(path: str | os.PathLike, rows: Sequence[dict]) -> Path:
         raise ValueError(f"nothing to write to {path}")
     path = Path(path)
     temporary = path.with_name(f".{path.name}.tmp")
-    with temporary.open("w", newline="") as handle:
+    with temporary.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
@@ -124,11 +125,12 @@ DICE = [("deletion_dice_auc_blur", "Dice deletion, blur ↓"), ("insertion_dice_
 LOCALISATION = [("mass_in_m", "mass in M ↑"), ("mass_in_m_dilated", "mass in M+{d}px ↑"),
                 ("pointing", "pointing ↑"), ("pointing_dilated", "pointing M+{d}px ↑"),
                 ("mass_other", "mass on other kidney ↓"), ("mass_outside_body", "mass outside body ↓")]
-SANITY = [("spearman_head", "ρ, head random"), ("spearman_layer", "ρ, down to the layer"),
-          ("spearman_all", "ρ, all random"), ("exactness_rel_error", "exactness rel. error")]
+SANITY = [("spearman_layer_support", "ρ on support, down to the layer ↓"),
+          ("spearman_head_support", "ρ on support, head random ↓"), ("spearman_all_support", "ρ on support, all random ↓"),
+          ("spearman_layer", "ρ all pixels, down to the layer"), ("exactness_rel_error", "exactness rel. error")]
 HEADLINE = [("deletion_auc_blur", "deletion, blur ↓"), ("insertion_auc_blur", "insertion, blur ↑"),
             ("mass_in_m_dilated", "mass in M+{d}px ↑"), ("mass_outside_body", "mass outside body ↓"),
-            ("pointing", "pointing ↑"), ("spearman_layer", "ρ, down to the layer ↓")]
+            ("pointing", "pointing ↑"), ("spearman_layer_support", "ρ on support, down to the layer ↓")]
 
 
 def _comparison_table(comparisons: list[dict], metrics: dict[str, str]) -> list[str]:
@@ -136,8 +138,10 @@ def _comparison_table(comparisons: list[dict], metrics: dict[str, str]) -> list[
     lines = ["| group | layer | metric | " + " | ".join(f"vs {PRETTY[o]}" for o in OTHERS) + " |",
              "|---|---|---|" + "---|" * len(OTHERS)]
     index = {(c["group"], c["layer"], c["metric"], c["other"]): c for c in comparisons}
-    for group, layer, metric in dict.fromkeys((c["group"], c["layer"], c["metric"]) for c in comparisons):
-        if metric not in metrics:
+    collapsed = dict.fromkeys((c["group"], c["layer"]) for c in comparisons if c["collapsed"])
+    groups, layers = (list(dict.fromkeys(c[field] for c in comparisons)) for field in ("group", "layer"))
+    for group, layer, metric in ((g, la, m) for g in groups for la in layers for m in metrics):
+        if (group, layer, metric, OTHERS[0]) not in index or (group, layer) in collapsed:
             continue
         cells = []
         for other in OTHERS:
@@ -145,6 +149,9 @@ def _comparison_table(comparisons: list[dict], metrics: dict[str, str]) -> list[
             cells.append("–" if c is None else "not counted (collapsed)" if c["collapsed"]
                          else f"{c['better']} / {c['tie']} / {c['worse']}")
         lines.append(f"| {group} | {layer} | {metrics[metric]} | " + " | ".join(cells) + " |")
+    for group, layer in collapsed:  # one row: a collapsed layer counts for no method on any metric
+        lines.append(f"| {group} | {layer} | every metric | " + " | ".join(["not counted (collapsed)"] * len(OTHERS))
+                     + " |")
     return lines
 
 
@@ -178,10 +185,11 @@ def markdown_report(summary: list[dict], comparisons: list[dict], *, collapsed: 
          _table(summary, DICE, collapsed)),
         ("Localisation", _table(summary, named(LOCALISATION), collapsed)),
         (("Sanity (Spearman ρ with the original map after cascading randomisation; lower = the map changed "
-          "more) and HiResCAM exactness (|Σ map − (y_M − |M| b_c)| / |y_M − |M| b_c|, pre-ReLU)"),
+          "more; \"on support\": only pixels where either map is non-zero, since shared zeros inflate ρ over all "
+          "pixels) and HiResCAM exactness (|Σ map − (y_M − |M| b_c)| / |y_M − |M| b_c|, pre-ReLU)"),
          _table(summary, SANITY, collapsed)),
         (f"Seg-HiRes against the others, per slice: better / tie / worse (tie: within {TIE_TOLERANCE})",
-         _comparison_table(comparisons, dict(named(FAITHFULNESS + LOCALISATION + SANITY[1:2])))),
+         _comparison_table(comparisons, dict(named(FAITHFULNESS + LOCALISATION + SANITY[:1])))),
     ]
     lines = [*header, "", note]
     for title, table in sections:

@@ -215,7 +215,7 @@ def perturbation_curves(model: nn.Module, x: torch.Tensor, m: np.ndarray, zone: 
     x_rep, fill_rep = x.repeat(n_rank, 1, 1, 1), fill.repeat(n_rank, 1, 1, 1)
     ranks = torch.from_numpy(positions.reshape(n_rank * batch, 1, *x.shape[2:])).to(x.device)
     for index, fraction in enumerate(fractions):
-        k = int(round(fraction * pixels))
+        k = round(fraction * pixels)
         if k in (0, pixels):  # nothing or everything taken from the ranking: no ranking needed
             score[:, :, index], dice[:, :, index] = first if k == 0 else last
             continue

@@ -19,7 +19,7 @@ def write_json(path: str | os.PathLike, data: dict) -> Path:
     """Write JSON atomically (temporary name, then rename)."""
     path = Path(path)
     temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    temporary.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
     os.replace(temporary, path)
     return path
 

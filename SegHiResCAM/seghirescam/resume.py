@@ -68,6 +68,6 @@ def case_key(row: CaseRow, settings: BatchSettings) -> str:
 def read_record(case_dir: str | os.PathLike) -> dict | None:
     """The case's JSON record, or None if there is none or it cannot be read."""
     try:
-        return json.loads((Path(case_dir) / RECORD_NAME).read_text())
+        return json.loads((Path(case_dir) / RECORD_NAME).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return None

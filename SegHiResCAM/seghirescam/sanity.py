@@ -94,8 +94,16 @@ def cascading_randomisation(model: nn.Module, x: torch.Tensor, m: torch.Tensor, 
     return result
 
 
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    """Spearman rank correlation of two maps over all pixels (ties get average ranks).
+def spearman(a: np.ndarray, b: np.ndarray, *, support_only: bool = False) -> float:
+    """Spearman rank correlation of two maps (ties get average ranks).
+
+    Over all pixels, two sparse maps that are both zero on most of the slice correlate highly
+    whatever they do where they are not zero: the shared zeros dominate the ranks. With
+    ``support_only`` only the pixels where either map is non-zero count.
+
+    Args:
+        a, b: Maps of the same size (any shape), >= 0 for ``support_only``.
+        support_only: Rank only the union of the two maps' supports.
 
     Returns:
         The correlation. If exactly one map is constant (e.g. a map that randomisation turned to
@@ -107,6 +115,11 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     a, b = np.asarray(a, dtype=np.float64).ravel(), np.asarray(b, dtype=np.float64).ravel()
     if a.size != b.size:
         raise ValueError(f"maps of different sizes: {a.size} and {b.size}")
+    if support_only:
+        support = (a != 0) | (b != 0)
+        a, b = a[support], b[support]
+        if a.size < 2:
+            return float("nan")
     flat_a, flat_b = np.ptp(a) == 0, np.ptp(b) == 0
     if flat_a or flat_b:
         return float("nan") if flat_a and flat_b else 0.0
