@@ -134,6 +134,7 @@ def _child(config: dict) -> dict:
             result = explain_ct(case.ct, case.mask, loaded, case.target_class, device="cpu",
                                 map_dtype=np.dtype(config["dtype"]))
         slices, explain_s, device = len(result.slices_explained), time.perf_counter() - before_explain, result.device
+        batch = result.batch_size
     else:
         from seghirescam.batch_case import BatchSettings, process_case
         from seghirescam.manifest import CaseRow
@@ -145,12 +146,13 @@ def _child(config: dict) -> dict:
         if record["status"] != "ok":
             raise RuntimeError(f"the case failed: {record['error']}")
         slices, explain_s, device = record["slices_explained"], record["explain_seconds"], record["device"]
+        batch = record["batch_size"]
     return {"run": config["run"], "dtype": config["dtype"], "orientation": config["orientation"],
             "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9, 3),
             "sampled_peak_gb": round(sampled.peak / 1e9, 3), "rss_after_model_load_gb": round(started_rss / 1e9, 3),
             "slices_explained": slices, "explain_seconds": round(explain_s, 1),
             "slices_per_second": round(slices / explain_s, 2), "total_seconds": round(time.perf_counter() - started, 1),
-            "device": device}
+            "device": device, "batch_size": batch}
 
 
 def main() -> None:
