@@ -24,7 +24,7 @@ if _HERE not in sys.path:  # the package lives beside this file (source tree and
     sys.path.insert(0, _HERE)
 
 try:  # needs torch; when it is missing the widget offers to install it, then imports again
-    from seghirescam.mrml import SegHiResCAMLogic
+    from seghirescam.mrml.logic import SegHiResCAMLogic
 except ImportError:
     SegHiResCAMLogic = None
 
@@ -103,7 +103,7 @@ def ensureDependencies() -> bool:
         if importlib.util.find_spec(module) is None:
             slicer.util.pip_install(requirement)
     if SegHiResCAMLogic is None:
-        SegHiResCAMLogic = importlib.import_module("seghirescam.mrml").SegHiResCAMLogic
+        SegHiResCAMLogic = importlib.import_module("seghirescam.mrml.logic").SegHiResCAMLogic
     return True
 
 
@@ -338,7 +338,7 @@ class SegHiResCAMTest(ScriptedLoadableModuleTest):
     def test_SegHiResCAM_phantom(self):
         self.delayDisplay("Building a phantom CT and running the default model")
         self.assertTrue(ensureDependencies(), "PyTorch is required for this test")
-        from seghirescam.mrml_selftest import run_self_test
+        from seghirescam.mrml.selftest import run_self_test
 
         summary = run_self_test(slicer.mrmlScene)  # raises SelfTestFailure if any check fails
         self.assertEqual(len(summary["heatmaps"]), 2)

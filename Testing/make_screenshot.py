@@ -21,9 +21,9 @@ from PIL import Image, ImageDraw
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from seghirescam import UNet2D  # noqa: E402
-from seghirescam.models import LoadedModel, default_model_path, load_default_model, unet_card  # noqa: E402
-from seghirescam.mrml import METHOD_TITLES, SegHiResCAMLogic, renderSliceView  # noqa: E402
-from seghirescam.mrml_io import ijk_to_ras_of  # noqa: E402
+from seghirescam.models.loading import LoadedModel, default_model_path, load_default_model, unet_card  # noqa: E402
+from seghirescam.mrml.logic import METHOD_TITLES, SegHiResCAMLogic, renderSliceView  # noqa: E402
+from seghirescam.mrml.nodes import ijk_to_ras_of  # noqa: E402
 from slicer_scene import make_headless_slicer, rename_segments  # noqa: E402
 
 import slicer  # noqa: E402

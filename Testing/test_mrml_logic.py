@@ -17,13 +17,13 @@ slicer = pytest.importorskip("slicer")
 vtk = pytest.importorskip("vtk")
 
 from seghirescam import ExplanationCancelled, UNet2D, explain_volume, predict_volume  # noqa: E402
-from seghirescam.geometry import Geometry  # noqa: E402
-from seghirescam.models import LoadedModel, unet_card  # noqa: E402
-from seghirescam.mrml import ATTRIBUTE_PREFIX, SegHiResCAMLogic, renderSliceView  # noqa: E402
-from seghirescam.mrml_display import INFERNO_TABLE_NAME, add_legend, inferno_rgb  # noqa: E402
-from seghirescam.mrml_io import ijk_to_ras_of, node_ids  # noqa: E402
-from seghirescam.phantom import make_phantom  # noqa: E402
-from seghirescam.volumes import SliceOrientation  # noqa: E402
+from seghirescam.imaging.geometry import Geometry  # noqa: E402
+from seghirescam.models.loading import LoadedModel, unet_card  # noqa: E402
+from seghirescam.mrml.logic import ATTRIBUTE_PREFIX, SegHiResCAMLogic, renderSliceView  # noqa: E402
+from seghirescam.mrml.display import INFERNO_TABLE_NAME, add_legend, inferno_rgb  # noqa: E402
+from seghirescam.mrml.nodes import ijk_to_ras_of, node_ids  # noqa: E402
+from seghirescam.synthetic.phantom import make_phantom  # noqa: E402
+from seghirescam.imaging.volumes import SliceOrientation  # noqa: E402
 from slicer_scene import (make_headless_slicer, node_checksum, read_mrb, rename_segments,  # noqa: E402
                           segmentation_from_labels, volume_from_array)
 
@@ -152,7 +152,7 @@ def test_cancel_midway_leaves_the_scene_unchanged(real, model):
 
 
 def test_an_error_while_creating_nodes_leaves_the_scene_unchanged(real, model, monkeypatch):
-    import seghirescam.mrml as mrml
+    import seghirescam.mrml.logic as mrml
 
     def broken(node, color_node):
         raise RuntimeError("display failed")
@@ -316,7 +316,7 @@ def test_prediction_pixel_set_adds_a_named_segmentation(kits, model):
 
 
 def test_module_self_test_body_runs_headless(model):
-    from seghirescam.mrml_selftest import run_self_test
+    from seghirescam.mrml.selftest import run_self_test
 
     app = make_headless_slicer()
     summary = run_self_test(app.scene, model=model, shape=(16, 64, 64), spacing=(5.0, 5.0, 12.0), device="cpu")

@@ -21,10 +21,10 @@ import torch
 import torch.nn.functional as F
 
 from seghirescam import UNet2D, explain_volume
-from seghirescam.capture import ActivationCapture, evaluation_mode
-from seghirescam.engine import DEFAULT_METHODS
-from seghirescam.methods import resolve_method
-from seghirescam.runtime import resolve_device
+from seghirescam.cam.capture import ActivationCapture, evaluation_mode
+from seghirescam.cam.engine import DEFAULT_METHODS
+from seghirescam.cam.methods import resolve_method
+from seghirescam.cam.runtime import resolve_device
 
 
 class PeakMemory:

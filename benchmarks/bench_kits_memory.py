@@ -45,9 +45,9 @@ def _prepare(work: Path, slices: int, size: int, orientation: str, band: int) ->
     kept in the central ``band`` slices only (0: everywhere), so M spans a kidney-sized part
     of the volume as in a real case (three tiles: about 144 slices with kidney).
     """
-    from seghirescam.geometry import Geometry
-    from seghirescam.phantom import make_phantom
-    from seghirescam.volumes import Volume, write_volume
+    from seghirescam.imaging.geometry import Geometry
+    from seghirescam.synthetic.phantom import make_phantom
+    from seghirescam.imaging.volumes import Volume, write_volume
 
     tag = f"{size}x{size}x{slices}_{orientation}_band{band}"
     ct_path, labels_path = work / f"ct_{tag}.nrrd", work / f"labels_{tag}.nrrd"
@@ -76,7 +76,7 @@ def _prepare(work: Path, slices: int, size: int, orientation: str, band: int) ->
 
 
 def _model(path: str | None, work: Path) -> Path:
-    from seghirescam.models import default_model_path
+    from seghirescam.models.loading import default_model_path
 
     if path:
         return Path(path)
@@ -85,8 +85,8 @@ def _model(path: str | None, work: Path) -> Path:
     import torch
 
     from seghirescam import UNet2D
-    from seghirescam.models import save_model, unet_card
-    from seghirescam.train import DEFAULT_WIDTHS
+    from seghirescam.models.loading import save_model, unet_card
+    from seghirescam.synthetic.train import DEFAULT_WIDTHS
 
     torch.manual_seed(0)
     model = UNet2D(1, 4, DEFAULT_WIDTHS).eval()
@@ -119,14 +119,14 @@ class _RSSPeak:
 
 def _child(config: dict) -> dict:
     """One measurement in this (fresh) process."""
-    from seghirescam.models import load_model
+    from seghirescam.models.loading import load_model
 
     loaded = load_model(config["model"])
     started_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     started = time.perf_counter()
     if config["run"] == "explain":
-        from seghirescam.cases import prepare_case
-        from seghirescam.pipeline import explain_ct
+        from seghirescam.ct.cases import prepare_case
+        from seghirescam.ct.pipeline import explain_ct
 
         with _RSSPeak() as sampled:
             case = prepare_case(config["ct"], config["labels"], loaded, label_values=[1], device="cpu")
@@ -136,8 +136,8 @@ def _child(config: dict) -> dict:
         slices, explain_s, device = len(result.slices_explained), time.perf_counter() - before_explain, result.device
         batch = result.batch_size
     else:
-        from seghirescam.batch_case import BatchSettings, process_case
-        from seghirescam.manifest import CaseRow
+        from seghirescam.cohort.case_runner import BatchSettings, process_case
+        from seghirescam.cohort.manifest import CaseRow
 
         row = CaseRow("kits", Path(config["ct"]), Path(config["labels"]), "1", (1,), None, None, None, 2)
         settings = BatchSettings(model=str(config["model"]), device="cpu", map_dtype=config["dtype"])

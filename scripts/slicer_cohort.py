@@ -35,14 +35,14 @@ import numpy as np
 import slicer
 import vtk
 
-from seghirescam.batch_case import BatchSettings
-from seghirescam.cases import prepare_case, read_label_names
-from seghirescam.engine import DEFAULT_METHODS
-from seghirescam.manifest import CaseRow, read_manifest
-from seghirescam.models import load_model
-from seghirescam.mrml import SegHiResCAMLogic
-from seghirescam.outputs import write_json
-from seghirescam.resume import case_key, model_digest
+from seghirescam.cohort.case_runner import BatchSettings
+from seghirescam.ct.cases import prepare_case, read_label_names
+from seghirescam.cam.engine import DEFAULT_METHODS
+from seghirescam.cohort.manifest import CaseRow, read_manifest
+from seghirescam.models.loading import load_model
+from seghirescam.mrml.logic import SegHiResCAMLogic
+from seghirescam.ct.outputs import write_json
+from seghirescam.cohort.resume import case_key, model_digest
 
 logger = logging.getLogger("slicer_cohort")
 IN_APP = hasattr(slicer, "app") and getattr(slicer, "mrmlScene", None) is not None

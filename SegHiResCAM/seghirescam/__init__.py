@@ -1,20 +1,51 @@
-"""SegHiResCAM: Seg-HiRes-Grad CAM and Seg-Grad CAM for segmentation U-Nets.
+"""SegHiResCAM: Seg-HiRes-Grad CAM and related CAMs for segmentation networks.
 
-The public API; the Slicer module and the command line are built on these names.
+The public API; the Slicer module and the command line are built on these names. Names are
+imported on first use (PEP 562), so ``import seghirescam`` and ``seghirescam --help`` stay fast
+and import no torch.
 """
 
-from .engine import DEFAULT_METHODS, explain_slices, explain_volume
-from .inference import predict_volume
-from .methods import METHODS, CAMMethod, seg_xres_cam
-from .pixelsets import pixel_set_from_labels, pixel_set_from_points, pixel_set_from_prediction, pixel_set_whole_slices
-from .result import ExplanationCancelled, ExplanationResult
-from .unet import UNet2D, explainable_layers, head_input_layers
+from __future__ import annotations
 
-__version__ = "0.1.0"
+import importlib
 
-__all__ = [
-    "explain_volume", "explain_slices", "ExplanationResult", "ExplanationCancelled", "DEFAULT_METHODS",
-    "METHODS", "CAMMethod", "seg_xres_cam", "UNet2D", "explainable_layers", "head_input_layers",
-    "predict_volume", "pixel_set_from_labels", "pixel_set_from_prediction", "pixel_set_whole_slices",
-    "pixel_set_from_points",
-]
+__version__ = "0.2.0"
+
+_EXPORTS = {
+    "explain_volume": "seghirescam.cam.engine",
+    "explain_slices": "seghirescam.cam.engine",
+    "DEFAULT_METHODS": "seghirescam.cam.engine",
+    "ExplanationResult": "seghirescam.cam.result",
+    "ExplanationCancelled": "seghirescam.cam.result",
+    "METHODS": "seghirescam.cam.methods",
+    "CAMMethod": "seghirescam.cam.methods",
+    "seg_xres_cam": "seghirescam.cam.methods",
+    "predict_volume": "seghirescam.cam.inference",
+    "pixel_set_from_labels": "seghirescam.cam.pixel_sets",
+    "pixel_set_from_prediction": "seghirescam.cam.pixel_sets",
+    "pixel_set_whole_slices": "seghirescam.cam.pixel_sets",
+    "pixel_set_from_points": "seghirescam.cam.pixel_sets",
+    "UNet2D": "seghirescam.models.unet",
+    "explainable_layers": "seghirescam.cam.layers",
+    "head_input_layers": "seghirescam.models.unet",
+    "explain_ct": "seghirescam.ct.pipeline",
+    "read_volume": "seghirescam.imaging.volumes",
+    "load_default_model": "seghirescam.models.loading",
+    "load_model": "seghirescam.models.loading",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> object:
+    """Import a public name from its module on first use."""
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'seghirescam' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

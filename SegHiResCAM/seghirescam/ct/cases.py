@@ -1,0 +1,152 @@
+"""One case from files: CT and label file in, the segment, the pixel set M and the target class out.
+
+Shared by ``seghirescam explain`` and ``seghirescam batch``. Arrays are in the CT's numpy
+(k, j, i) order; the label file is resampled onto the CT's grid (nearest neighbour) or refused
+when the two do not overlap. Points are given as (i, j, k) voxel indices of the CT, as users
+read them in a viewer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from seghirescam.models.loading import LoadedModel
+from seghirescam.ct.pipeline import predict_ct
+from seghirescam.cam.pixel_sets import pixel_set_from_points
+from seghirescam.imaging.volumes import Volume, axial_axis, read_volume, resample_labels_onto
+
+__all__ = ["PreparedCase", "PIXEL_SETS", "prepare_case", "read_label_names", "resolve_segment", "resolve_target_class"]
+
+PIXEL_SETS = ("segment", "prediction", "point")
+
+
+@dataclass
+class PreparedCase:
+    """A CT ready to explain.
+
+    Attributes:
+        ct: The CT (HU) with its geometry.
+        segment: The chosen segment, bool (k, j, i) on the CT's grid.
+        mask: The pixel set M, bool (k, j, i) (the same object as ``segment`` for pixel set "segment").
+        segment_name: The segment's name (from the label names, or "label N").
+        label_values: The label values that make up the segment.
+        target_class: The class c whose logits are explained.
+    """
+
+    ct: Volume
+    segment: np.ndarray
+    mask: np.ndarray
+    segment_name: str
+    label_values: list[int]
+    target_class: int
+
+
+def read_label_names(path: str | os.PathLike) -> dict[int, str]:
+    """Read a JSON ``{value: name}`` file of a label map.
+
+    Raises:
+        FileNotFoundError: If the file is missing.
+        ValueError: If it is not such a JSON object.
+    """
+    try:
+        return {int(k): str(v) for k, v in json.loads(Path(path).read_text(encoding="utf-8")).items()}
+    except (json.JSONDecodeError, AttributeError, TypeError, ValueError) as error:
+        raise ValueError(f"{path} is not a JSON object of label value -> name: {error}") from error
+
+
+def resolve_segment(names: dict[int, str], values: Sequence[int] | None = None,
+                    name: str | None = None) -> tuple[list[int], str]:
+    """The label values and name of a segment given either by values or by name.
+
+    Args:
+        names: Label value -> name.
+        values: Label values of the segment (exclusive with ``name``).
+        name: Segment name, matched case-insensitively against ``names``.
+
+    Returns:
+        (values, segment name).
+
+    Raises:
+        ValueError: If no label has the name, or neither/both of values and name are given.
+    """
+    if (values is None) == (name is None):
+        raise ValueError("give the segment either as label values or as a name")
+    if name is not None:
+        found = [v for v, n in names.items() if n.lower() == name.lower()]
+        if not found:
+            raise ValueError(f"no label is named {name!r}; known names: {', '.join(names.values())}")
+        return found, name
+    values = [int(v) for v in values]
+    return values, names.get(values[0], f"label {values[0]}")
+
+
+def resolve_target_class(loaded: LoadedModel, target_class: str | int | None, segment_name: str) -> int:
+    """The class index: given as an index or class name, else read from the segment's name.
+
+    Raises:
+        ValueError: If the name matches no class (the message lists the classes).
+    """
+    if target_class is None:
+        return loaded.card.class_for_segment(segment_name)
+    if isinstance(target_class, int) or str(target_class).isdigit():
+        return int(target_class)
+    return loaded.card.class_for_segment(str(target_class))
+
+
+def prepare_case(ct_path: str | os.PathLike, seg_path: str | os.PathLike, loaded: LoadedModel, *,
+                 label_values: Sequence[int] | None = None, segment_name: str | None = None,
+                 label_names: dict[int, str] | None = None, target_class: str | int | None = None,
+                 pixel_set: str = "segment", point: Sequence[int] | None = None, point_radius: int = 0,
+                 device: str = "auto") -> PreparedCase:
+    """Read a CT and its label file and build everything an explanation needs.
+
+    Args:
+        ct_path: CT file or DICOM folder (HU).
+        seg_path: Label file; resampled onto the CT's grid if needed.
+        loaded: The model (its card names the classes and the segment-to-class rule).
+        label_values, segment_name: The segment, as label values or as a name (one of the two).
+        label_names: Label value -> name (default: the card's classes, value c = class c).
+        target_class: Class index or name (default: from the segment's name).
+        pixel_set: "segment", "prediction" (the model's own argmax of the class) or "point".
+        point: (i, j, k) voxel index of the CT, for pixel set "point".
+        point_radius: In-plane disc radius (pixels) around the point.
+        device: Device for pixel set "prediction".
+
+    Returns:
+        The prepared case.
+
+    Raises:
+        FileNotFoundError: If a file is missing.
+        ValueError: If a file cannot be read, the two grids do not overlap, the segment is
+            unknown or empty on the CT's grid, the point is missing or outside, or the model
+            predicts none of the class.
+    """
+    if pixel_set not in PIXEL_SETS:
+        raise ValueError(f"pixel set must be one of {PIXEL_SETS}, got {pixel_set!r}")
+    ct = read_volume(ct_path)
+    labels = resample_labels_onto(read_volume(seg_path), ct.geometry, ct.array.shape)
+    names = label_names if label_names is not None else dict(enumerate(loaded.card.classes))
+    values, name = resolve_segment(names, label_values, segment_name)
+    segment = np.isin(labels, values)
+    del labels
+    if not segment.any():
+        raise ValueError(f"the segment {name!r} (label {values}) is empty on the CT's grid")
+    c = resolve_target_class(loaded, target_class, name)
+    if pixel_set == "segment":
+        mask = segment
+    elif pixel_set == "prediction":
+        mask = predict_ct(ct, loaded, device=device) == c
+        if not mask.any():
+            raise ValueError(f"the model predicts no {loaded.card.classes[c]} on this CT: no pixel set")
+    else:
+        if point is None:
+            raise ValueError("--pixel-set point needs --point I,J,K")
+        i, j, k = (int(v) for v in point)
+        mask = pixel_set_from_points(ct.array.shape, [(k, j, i)], radius=point_radius, axis=axial_axis(ct.geometry))
+    return PreparedCase(ct, segment, mask, name, values, c)

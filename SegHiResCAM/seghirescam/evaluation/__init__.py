@@ -1,0 +1,1 @@
+"""Faithfulness evaluation of the CAM methods: perturbation curves, localisation, sanity checks, reports."""

@@ -1,0 +1,276 @@
+"""The Slicer Logic: explain a CT node's segment and put the heatmaps in the scene. No qt here.
+
+Runs in the Slicer application (default scene ``slicer.mrmlScene``) and headless with the
+PyPI ``slicer-core`` (pass the scene). All computation happens before any node is created;
+nodes are created at the end, and an error or a cancel removes whatever was added, so the
+scene is left exactly as before. Input nodes are only read. Arrays are numpy (k, j, i).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import slicer
+
+from seghirescam.cam.engine import DEFAULT_METHODS
+from seghirescam.imaging.geometry import Geometry
+from seghirescam.models.loading import LoadedModel, load_default_model, load_model
+from seghirescam.mrml.display import heatmap_color_node, setup_heatmap_display, show_in_slice_views
+from seghirescam.mrml.nodes import (add_heatmap_node, add_prediction_segmentation, ct_array_and_geometry, ijk_to_ras_of, node_ids,
+                      remove_nodes, remove_with_dependents, segment_mask, voxel_at_world)
+from seghirescam.mrml.render import renderSliceView
+from seghirescam.ct.pipeline import explain_ct, predict_ct
+from seghirescam.cam.pixel_sets import pixel_set_from_points, pixel_set_whole_slices
+from seghirescam.cam.result import ExplanationCancelled
+from seghirescam.imaging.volumes import SliceOrientation, Volume
+
+__all__ = ["SegHiResCAMLogic", "renderSliceView", "METHOD_TITLES", "PIXEL_SETS", "ATTRIBUTE_PREFIX"]
+
+logger = logging.getLogger(__name__)
+
+METHOD_TITLES = {"seg-hires-grad-cam": "Seg-HiRes-Grad CAM", "seg-grad-cam": "Seg-Grad CAM",
+                 "seg-xres-cam": "Seg-XRes CAM"}
+PIXEL_SETS = ("segment", "prediction", "point", "slice")
+ATTRIBUTE_PREFIX = "SegHiResCAM."
+POINT_RADIUS = 2  # in-plane disc radius (pixels) around a markups point
+
+
+class SegHiResCAMLogic:
+    """Explain segmentation U-Nets on MRML nodes.
+
+    Args:
+        scene: The MRML scene (default: ``slicer.mrmlScene`` inside the application).
+        colorLogic: A ``vtkSlicerColorLogic`` for colour legends (default: the app's, if any).
+
+    Raises:
+        ValueError: If no scene is given outside the application.
+    """
+
+    def __init__(self, scene: slicer.vtkMRMLScene | None = None, colorLogic: object | None = None) -> None:
+        self.scene = scene if scene is not None else getattr(slicer, "mrmlScene", None)
+        if self.scene is None:
+            raise ValueError("no MRML scene: pass scene= when running outside the Slicer application")
+        self.colorLogic = colorLogic
+        self._models: dict[str, LoadedModel] = {}
+        self.lastPredictionNode: slicer.vtkMRMLSegmentationNode | None = None
+
+    # ---- models and layers -------------------------------------------------------------------
+    def loadModel(self, path: str | None = None) -> LoadedModel:
+        """The model at ``path`` (None or "": the shipped default), loaded once and cached.
+
+        Raises:
+            FileNotFoundError, seghirescam.models.card.CardError: As ``load_model`` does.
+        """
+        key = str(path or "")
+        if key not in self._models:
+            self._models[key] = load_model(path) if path else load_default_model()
+        return self._models[key]
+
+    @staticmethod
+    def defaultLayer(model: LoadedModel) -> str:
+        """Returns: "bottleneck" if the model has it, else the middle one of the card's layers.
+
+        Raises:
+            ValueError: If the card lists no explainable layer.
+        """
+        layers = model.card.layers or tuple(name for name, _ in model.model.named_modules() if name == "bottleneck")
+        if not layers:
+            raise ValueError(f"model card {model.card.name!r} lists no explainable layers; pass layers= explicitly")
+        return "bottleneck" if "bottleneck" in layers else layers[len(layers) // 2]
+
+    @staticmethod
+    def layerChoices(model: LoadedModel) -> list[tuple[str, bool]]:
+        """Returns: [(layer, collapses)] in forward order; collapses=True for layers feeding the head
+        directly, where both CAMs reduce to the logit map (they explain nothing beyond the segmentation)."""
+        return [(layer, layer in model.card.head_input_layers) for layer in model.card.layers]
+
+    # ---- results in the scene ----------------------------------------------------------------
+    def resultNodes(self, ctNode: slicer.vtkMRMLVolumeNode, role: str = "heatmap") -> list[slicer.vtkMRMLNode]:
+        """Returns: the nodes a run made for this CT ("heatmap" volumes or "prediction" segmentations)."""
+        found = []
+        for index in range(self.scene.GetNumberOfNodes()):
+            node = self.scene.GetNthNode(index)
+            if node.GetAttribute(ATTRIBUTE_PREFIX + "Role") == role \
+                    and node.GetAttribute(ATTRIBUTE_PREFIX + "SourceVolumeID") == ctNode.GetID():
+                found.append(node)
+        return found
+
+    def removeResults(self, ctNode: slicer.vtkMRMLVolumeNode, keep: Sequence[slicer.vtkMRMLNode] = ()) -> int:
+        """Remove the heatmaps and prediction segmentations made for this CT, except ``keep``.
+
+        Returns:
+            How many nodes were removed.
+        """
+        keep_ids = {node.GetID() for node in keep if node is not None}
+        old = [node for role in ("heatmap", "prediction") for node in self.resultNodes(ctNode, role)
+               if node.GetID() not in keep_ids]
+        for node in old:
+            remove_with_dependents(self.scene, node)
+        return len(old)
+
+    # ---- the run -----------------------------------------------------------------------------
+    def process(self, ctNode: slicer.vtkMRMLScalarVolumeNode, segmentationNode: slicer.vtkMRMLSegmentationNode | None,
+                segmentId: str | None, *, model: LoadedModel | None = None, targetClass: int | str | None = None,
+                layers: str | Sequence[str] | None = None, methods: Sequence[str] = DEFAULT_METHODS,
+                pixelSet: str = "segment", pointNode: slicer.vtkMRMLMarkupsNode | None = None,
+                sliceIndex: int | None = None, device: str = "auto", batchSize: int | str = "auto",
+                normalize: str = "volume", progress: Callable[[int, int], None] | None = None,
+                cancel: Callable[[], bool] | None = None, keepPrevious: bool = False,
+                outputPrefix: str | None = None) -> dict[tuple[str, str], slicer.vtkMRMLScalarVolumeNode]:
+        """Explain the model's decision for one class on a CT; add one heatmap node per (method, layer).
+
+        Args:
+            ctNode: The CT (HU). Any direction matrix; slices are taken along its axial axis.
+            segmentationNode, segmentId: The segment: the pixel set M (pixelSet "segment") and,
+                via its name, the target class (e.g. "Left kidney" -> kidney).
+            model: A ``LoadedModel``; default: the shipped default model.
+            targetClass: Class index or name; None: from the segment's name.
+            layers: Layer name(s); None: the deepest ("bottleneck"), see ``defaultLayer``.
+            methods: CAM method names, e.g. ("seg-hires-grad-cam", "seg-grad-cam", "seg-xres-cam").
+            pixelSet: "segment"; "prediction" (voxels the model labels as the class; also adds the
+                prediction as a segmentation node); "point" (the markups control points, each with a
+                small in-plane disc); "slice" (the whole axial slice ``sliceIndex``).
+            pointNode: Markups node for pixelSet "point".
+            sliceIndex: For pixelSet "slice": index along the CT's axial array axis (its own k, j or i).
+            device: "auto", "cpu", "cuda".
+            batchSize: Slices per batch or "auto".
+            normalize: "volume", "slice" or "none".
+            progress: Called as progress(done, total) after each batch.
+            cancel: Called before each batch; True stops the run and leaves the scene as it was.
+            keepPrevious: Keep the heatmaps of earlier runs on this CT (default: replace them).
+            outputPrefix: Node name prefix (default: the CT's name).
+
+        Returns:
+            ``{(method, layer): heatmap node}``, each on the CT's exact grid and parent transform.
+
+        Raises:
+            ValueError: For missing or inconsistent inputs (the message says what to choose).
+            seghirescam.ExplanationCancelled: If ``cancel()`` returned True.
+            FileNotFoundError: If no model is given and the default model is missing.
+        """
+        started = time.perf_counter()
+        if pixelSet not in PIXEL_SETS:
+            raise ValueError(f"pixelSet must be one of {PIXEL_SETS}, got {pixelSet!r}")
+        if ctNode is None or not ctNode.IsA("vtkMRMLScalarVolumeNode") or ctNode.IsA("vtkMRMLLabelMapVolumeNode"):
+            raise ValueError("choose a CT scalar volume as input")
+        model = model or self.loadModel()
+        card = model.card
+        segmentName = self._segmentName(segmentationNode, segmentId)
+        target = self._targetClass(card, targetClass, segmentName)
+        layerList = [layers] if isinstance(layers, str) else list(layers or [self.defaultLayer(model)])
+        ct, geometry = ct_array_and_geometry(ctNode)
+        axialAxis = SliceOrientation.from_geometry(geometry).permutation[0]
+        predicted = None
+        if pixelSet == "segment":
+            mask = segment_mask(self.scene, segmentationNode, segmentId, ctNode)
+        elif pixelSet == "prediction":
+            predicted = predict_ct(Volume(ct, geometry), model, device=device)
+            if cancel is not None and cancel():
+                raise ExplanationCancelled("cancelled after the prediction")
+            mask = predicted == target
+            if not mask.any():
+                raise ValueError(f"the model predicts no {card.classes[target]!r} voxel in this CT: "
+                                 "choose another pixel set or class")
+        elif pixelSet == "point":
+            mask = self._pointMask(ctNode, pointNode, ct.shape, axialAxis)
+        else:
+            if sliceIndex is None or not 0 <= int(sliceIndex) < ct.shape[axialAxis]:
+                raise ValueError(f"sliceIndex must be 0..{ct.shape[axialAxis] - 1} (along the CT's axial axis), "
+                                 f"got {sliceIndex!r}")
+            mask = pixel_set_whole_slices(ct.shape, [int(sliceIndex)], axis=axialAxis)
+        if not mask.any():
+            raise ValueError(f"the segment {segmentName!r} does not overlap this CT: nothing to explain")
+        result = explain_ct(Volume(ct, geometry), mask, model, target, layers=layerList, methods=methods,
+                            batch_size=batchSize, device=device, normalize=normalize, progress=progress, cancel=cancel)
+        maps = result.maps
+        settings = {"SourceVolumeID": ctNode.GetID(), "TargetClass": card.classes[target], "TargetClassIndex": target,
+                    "PixelSet": pixelSet, "Segment": segmentName or "", "Model": card.name,
+                    "ModelPath": str(model.path),
+                    "Normalize": normalize, "Device": result.device, "BatchSize": result.batch_size,
+                    "SlicesExplained": len(result.slices_explained), "RunID": uuid.uuid4().hex,
+                    "Seconds": f"{time.perf_counter() - started:.2f}"}
+        nodes = self._createNodes(ctNode, maps, predicted, model, settings, outputPrefix or ctNode.GetName(),
+                                  keepPrevious, inputs=(ctNode, segmentationNode, pointNode))
+        logger.info("SegHiResCAM: %d heatmap(s) for %s in %.1f s", len(nodes), ctNode.GetName(),
+                    time.perf_counter() - started)
+        return nodes
+
+    def _createNodes(self, ctNode, maps, predicted, model, settings, prefix, keepPrevious, inputs):
+        """Add the nodes at the end of a run; on any error remove everything added."""
+        before = node_ids(self.scene)
+        className = settings["TargetClass"]
+        self.scene.StartState(slicer.vtkMRMLScene.BatchProcessState)
+        try:
+            colorNode = heatmap_color_node(self.scene)
+            nodes = {}
+            for (method, layer), array in maps.items():
+                name = f"{prefix} {METHOD_TITLES.get(method, method)} {layer} ({className})"
+                attributes = {ATTRIBUTE_PREFIX + k: v for k, v in {**settings, "Role": "heatmap", "Method": method,
+                                                                    "Layer": layer}.items()}
+                node = add_heatmap_node(self.scene, ctNode, array, name, attributes)
+                setup_heatmap_display(node, colorNode)
+                nodes[(method, layer)] = node
+            prediction = None
+            if predicted is not None:
+                attributes = {ATTRIBUTE_PREFIX + k: v for k, v in {**settings, "Role": "prediction"}.items()}
+                prediction = add_prediction_segmentation(self.scene, ctNode, predicted, model.card.classes,
+                                                         f"{prefix} prediction ({model.card.name})", attributes)
+            if not keepPrevious:
+                keep = [*nodes.values(), prediction, *inputs]
+                self.removeResults(ctNode, keep=keep)
+        except BaseException:
+            self.scene.EndState(slicer.vtkMRMLScene.BatchProcessState)
+            remove_nodes(self.scene, node_ids(self.scene) - before)
+            raise
+        self.scene.EndState(slicer.vtkMRMLScene.BatchProcessState)
+        self.lastPredictionNode = prediction
+        first = next(iter(nodes.values()))
+        show_in_slice_views(self.scene, ctNode, first, opacity=0.5, color_logic=self.colorLogic)
+        return nodes
+
+    # ---- inputs ------------------------------------------------------------------------------
+    @staticmethod
+    def _segmentName(segmentationNode, segmentId) -> str | None:
+        if segmentationNode is None or not segmentId:
+            return None
+        segment = segmentationNode.GetSegmentation().GetSegment(segmentId)
+        return segment.GetName() if segment is not None else None
+
+    @staticmethod
+    def _targetClass(card, targetClass, segmentName) -> int:
+        if isinstance(targetClass, str):
+            targetClass = card.classes.index(targetClass) if targetClass in card.classes \
+                else card.class_for_segment(targetClass)
+        if targetClass is None:
+            if segmentName is None:
+                raise ValueError(f"choose a target class ({', '.join(card.classes)}) or a segment whose name names one")
+            return card.class_for_segment(segmentName)
+        if not 0 <= int(targetClass) < card.num_classes:
+            raise ValueError(f"target class {targetClass} is out of range 0..{card.num_classes - 1} "
+                             f"({', '.join(card.classes)})")
+        return int(targetClass)
+
+    @staticmethod
+    def _pointMask(ctNode, pointNode, shape, axialAxis) -> np.ndarray:
+        if pointNode is None or pointNode.GetNumberOfControlPoints() == 0:
+            raise ValueError("pixel set 'point' needs a markups point: place one on the CT")
+        points = []
+        for index in range(pointNode.GetNumberOfControlPoints()):
+            world = [0.0, 0.0, 0.0]
+            pointNode.GetNthControlPointPositionWorld(index, world)
+            points.append(voxel_at_world(ctNode, world))
+        return pixel_set_from_points(shape, points, radius=POINT_RADIUS, axis=axialAxis)
+
+    def sliceIndexAt(self, ctNode: slicer.vtkMRMLVolumeNode, rasWorld: Sequence[float]) -> int:
+        """Returns: the index along the CT's axial array axis of the slice through a world RAS point
+        (for pixelSet "slice", e.g. from the Red view's centre).
+
+        Raises:
+            ValueError: If the point lies outside the CT.
+        """
+        axis = SliceOrientation.from_geometry(Geometry.from_ijk_to_ras(ijk_to_ras_of(ctNode))).permutation[0]
+        return int(voxel_at_world(ctNode, rasWorld)[axis])

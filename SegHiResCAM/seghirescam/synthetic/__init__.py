@@ -1,0 +1,1 @@
+"""Synthetic data and the demo model: KiTS-style phantoms, training cases, training."""

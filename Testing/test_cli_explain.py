@@ -1,0 +1,120 @@
+"""The demo and explain commands end to end, on the shipped model, phantoms and the real CT."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from dicom_series import write_dicom_series
+
+from seghirescam.cli.main import main
+from seghirescam.synthetic.phantom import make_phantom
+from seghirescam.imaging.volumes import Volume, write_volume
+
+
+def _geometry(image: sitk.Image):
+    return image.GetOrigin(), image.GetSpacing(), image.GetDirection()
+
+
+def _explain(tmp_path, ct, seg, *extra, out="out"):
+    code = main(["explain", "--ct", str(ct), "--seg", str(seg), "--out", str(tmp_path / out), "--device", "cpu", *extra])
+    return code, tmp_path / out
+
+
+def test_explain_real_ct_keeps_geometry_and_slices(tmp_path, real_ct_dir):
+    code, out = _explain(tmp_path, real_ct_dir / "example_ct.nii.gz", real_ct_dir / "example_seg_fast_force_split.nii.gz",
+                         "--label", "3", "--label-names", str(real_ct_dir / "total_class_map.json"))
+    assert code == 0
+    ct = sitk.ReadImage(str(real_ct_dir / "example_ct.nii.gz"))
+    segment = sitk.GetArrayFromImage(sitk.ReadImage(str(real_ct_dir / "example_seg_fast_force_split.nii.gz"))) == 3
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    assert summary["target_class"] == "kidney" and summary["segment"] == "kidney_left"
+    heatmaps = sorted(out.glob("kidney_left_*.nrrd"))
+    assert len(heatmaps) == 2
+    for path in heatmaps:
+        heat_image = sitk.ReadImage(str(path))
+        np.testing.assert_allclose(np.concatenate(_geometry(heat_image)), np.concatenate(_geometry(ct)), atol=1e-6)
+        heat = sitk.GetArrayFromImage(heat_image)
+        assert heat.shape == segment.shape and heat.max() == pytest.approx(1.0)
+        # the axial axis of this CT is numpy axis 0: maps live only on slices holding the segment
+        assert not heat[~segment.any(axis=(1, 2))].any()
+        assert heat[segment.any(axis=(1, 2))].any()
+    assert (out / "kidney_left_panel.png").stat().st_size > 10_000
+
+
+@pytest.fixture
+def phantom_files(tmp_path):
+    phantom = make_phantom(3, shape=(20, 64, 64), spacing=(4.0, 4.0, 6.0), tumor=True)
+    ct = Volume(phantom.ct, phantom.geometry)
+    write_volume(ct, tmp_path / "ct.nii.gz")
+    write_volume(Volume(phantom.labels, phantom.geometry), tmp_path / "labels.nii.gz")
+    write_dicom_series(ct.to_sitk(), tmp_path / "dicom")
+    return tmp_path
+
+
+def test_dicom_folder_gives_the_same_map_as_nifti(phantom_files):
+    tmp = phantom_files
+    maps = {}
+    for name, ct in (("nifti", tmp / "ct.nii.gz"), ("dicom", tmp / "dicom")):
+        code, out = _explain(tmp, ct, tmp / "labels.nii.gz", "--segment", "kidney", out=name)
+        assert code == 0
+        maps[name] = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "kidney_seg-hires-grad-cam_bottleneck.nrrd")))
+    assert maps["nifti"].any()
+    np.testing.assert_allclose(maps["dicom"], maps["nifti"], atol=1e-6)
+
+
+def test_point_pixel_set_explains_one_slice(phantom_files):
+    tmp = phantom_files
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp / "labels.nii.gz")))
+    k, j, i = np.argwhere(labels == 1)[0]
+    code, out = _explain(tmp, tmp / "ct.nii.gz", tmp / "labels.nii.gz", "--label", "1", "--pixel-set", "point",
+                         "--point", f"{i},{j},{k}", "--method", "seg-hires-grad-cam")
+    assert code == 0
+    heat = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "kidney_seg-hires-grad-cam_bottleneck.nrrd")))
+    assert np.flatnonzero(heat.any(axis=(1, 2))).tolist() == [k]
+
+
+def test_segmentation_on_another_grid_is_resampled_or_refused(phantom_files, capsys):
+    tmp = phantom_files
+    labels = sitk.ReadImage(str(tmp / "labels.nii.gz"))
+    coarse = sitk.Resample(labels, [32, 32, 20], sitk.Transform(), sitk.sitkNearestNeighbor, labels.GetOrigin(),
+                           [8.0, 8.0, 6.0], labels.GetDirection(), 0, labels.GetPixelID())
+    sitk.WriteImage(coarse, str(tmp / "coarse.nii.gz"))
+    code, out = _explain(tmp, tmp / "ct.nii.gz", tmp / "coarse.nii.gz", "--label", "1", out="coarse")
+    assert code == 0 and (out / "kidney_seg-grad-cam_bottleneck.nrrd").exists()
+    labels.SetOrigin([o + 2000.0 for o in labels.GetOrigin()])
+    sitk.WriteImage(labels, str(tmp / "far.nii.gz"))
+    code, _ = _explain(tmp, tmp / "ct.nii.gz", tmp / "far.nii.gz", "--label", "1", out="far")
+    assert code == 2 and "do not overlap" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--segment", "spleen"], "no label is named 'spleen'"),
+    (["--label", "3"], "is empty"),
+    (["--label", "1", "--pixel-set", "point"], "needs --point"),
+])
+def test_bad_requests_are_named(phantom_files, capsys, args, message):
+    tmp = phantom_files
+    code, _ = _explain(tmp, tmp / "ct.nii.gz", tmp / "labels.nii.gz", *args)
+    assert code == 2 and message in capsys.readouterr().err
+
+
+def test_demo_writes_maps_panels_and_summary(tmp_path):
+    assert main(["demo", "--out", str(tmp_path), "--device", "cpu"]) == 0
+    summary = json.loads((tmp_path / "summary.json").read_text(encoding="utf-8"))
+    assert [t["target"] for t in summary["targets"]] == ["kidney", "tumor"]
+    ct = sitk.ReadImage(str(tmp_path / "ct.nrrd"))
+    for target in summary["targets"]:
+        assert target["slices_explained"] > 0
+        assert set(target["map_statistics"]) == {f"{m}@{layer}" for m in ("seg-hires-grad-cam", "seg-grad-cam")
+                                                 for layer in ("bottleneck", "dec2")}
+        for name, path in target["files"].items():
+            if name == "panel":
+                assert path.endswith(".png")
+                continue
+            image = sitk.ReadImage(path)
+            np.testing.assert_allclose(np.concatenate(_geometry(image)), np.concatenate(_geometry(ct)))
+    prediction = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "prediction.nrrd")))
+    assert set(np.unique(prediction)) >= {0, 1}
