@@ -12,6 +12,7 @@ import os
 import sys
 import time
 
+import qt
 import slicer
 import vtk
 from slicer.parameterNodeWrapper import parameterNodeWrapper
@@ -23,15 +24,22 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 if _HERE not in sys.path:  # the package lives beside this file (source tree and installed extension)
     sys.path.insert(0, _HERE)
 
+# The method registry's metadata needs no torch: the checkboxes exist before torch is installed.
+from seghirescam.cam.method_info import (DEFAULT_METHOD_KEYS, METHOD_INFO, format_method_keys,  # noqa: E402
+                                         parse_method_keys, registered_methods)
+from seghirescam.cam.vocabulary import NORMALIZATIONS, PIXEL_SETS  # noqa: E402 - menus: torch-free as well
+
 try:  # needs torch; when it is missing the widget offers to install it, then imports again
     from seghirescam.mrml.logic import SegHiResCAMLogic
 except ImportError:
     SegHiResCAMLogic = None
 
-PIXEL_SETS = (("Segment", "segment"), ("Model prediction", "prediction"), ("Markups point", "point"),
-              ("Current slice (Red view)", "slice"))
 DEVICES = (("Auto (GPU if available)", "auto"), ("GPU (CUDA)", "cuda"), ("CPU", "cpu"))
-NORMALIZATIONS = (("Per volume (max = 1)", "volume"), ("Per slice", "slice"), ("None (raw values)", "none"))
+
+
+def methodsHelpText() -> str:
+    """Returns: one HTML line per registered method (display name, citation, description) for the help."""
+    return "".join(f"<b>{m.display_name}</b> ({m.citation}): {m.description}<br>\n" for m in registered_methods())
 
 
 class SegHiResCAM(ScriptedLoadableModule):
@@ -48,9 +56,7 @@ Explains what a 2D segmentation U-Net looks at when it segments a kidney, tumour
 Choose a CT, a segment (its voxels are the pixel set M and its name picks the target class, e.g.
 "Left kidney" -> kidney), a layer and the methods, then Apply. One heatmap volume per method and layer
 is added on the CT's exact grid and shown over the CT.<br>
-<b>Seg-HiRes-Grad CAM</b> multiplies gradient and activation element-wise (faithful: its sum equals the
-explained score at the last layer). <b>Seg-Grad CAM</b> averages the gradient per channel first (smoother,
-may spread outside the organ). <b>Seg-XRes CAM</b> pools the gradient over small windows.<br>
+""" + methodsHelpText() + """
 <b>Layer trap:</b> at the layer that feeds the 1x1 head directly (marked "collapses to the segmentation"),
 both maps reduce to the model's own logit map and explain nothing beyond the segmentation. Use deeper
 layers, the bottleneck by default.
@@ -69,9 +75,7 @@ class SegHiResCAMParameterNode:
 
     inputVolume: slicer.vtkMRMLScalarVolumeNode
     pointNode: slicer.vtkMRMLMarkupsFiducialNode
-    useSegHiResGradCAM: bool = True
-    useSegGradCAM: bool = True
-    useSegXResCAM: bool = False
+    methods: str = format_method_keys(DEFAULT_METHOD_KEYS)  # the chosen method keys, "key1,key2"
     batchSize: int = 0
     outputPrefix: str = ""
     keepPrevious: bool = False
@@ -119,6 +123,7 @@ class SegHiResCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._running = False
         self._cancelRequested = False
         self._model = None
+        self._methodCheckBoxes = {}
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -126,10 +131,13 @@ class SegHiResCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
-        for combo, items in ((self.ui.pixelSetComboBox, PIXEL_SETS), (self.ui.deviceComboBox, DEVICES),
-                             (self.ui.normalizeComboBox, NORMALIZATIONS)):
-            for text, value in items:
-                combo.addItem(text, value)
+        for combo, choices in ((self.ui.pixelSetComboBox, PIXEL_SETS), (self.ui.normalizeComboBox, NORMALIZATIONS)):
+            for key, choice in choices.items():  # the package's vocabulary: label shown, help as tooltip
+                combo.addItem(choice.label, key)
+                combo.setItemData(combo.count - 1, choice.help, qt.Qt.ToolTipRole)
+        for text, value in DEVICES:
+            self.ui.deviceComboBox.addItem(text, value)
+        self._addMethodCheckBoxes()
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
@@ -145,6 +153,31 @@ class SegHiResCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.onModelChanged()
         else:
             self.ui.statusLabel.text = "PyTorch is not installed: it will be installed when you click Apply."
+
+    def _addMethodCheckBoxes(self):
+        """One checkbox per registered method: display name as label, description and citation as tooltip."""
+        layout = self.ui.methodsWidget.layout()
+        for method in registered_methods():
+            checkBox = qt.QCheckBox(method.display_name)
+            checkBox.objectName = f"methodCheckBox_{method.key}"
+            checkBox.toolTip = f"{method.description} ({method.citation})"
+            checkBox.connect("toggled(bool)", lambda _checked: self._onMethodToggled())
+            layout.addWidget(checkBox)
+            self._methodCheckBoxes[method.key] = checkBox
+
+    def _onMethodToggled(self):
+        """Store the ticked methods in the parameter node."""
+        if self._parameterNode:
+            self._parameterNode.methods = format_method_keys(
+                key for key, checkBox in self._methodCheckBoxes.items() if checkBox.checked)
+
+    def _updateMethodCheckBoxes(self, caller=None, event=None):
+        """Tick the methods the parameter node names."""
+        chosen = set(parse_method_keys(self._parameterNode.methods)) if self._parameterNode else set()
+        for key, checkBox in self._methodCheckBoxes.items():
+            wasBlocked = checkBox.blockSignals(True)
+            checkBox.checked = key in chosen
+            checkBox.blockSignals(wasBlocked)
 
     def cleanup(self):
         self.removeObservers()
@@ -176,10 +209,13 @@ class SegHiResCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateMethodCheckBoxes)
         self._parameterNode = parameterNode
         if self._parameterNode:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateMethodCheckBoxes)
+            self._updateMethodCheckBoxes()
             self.updateButtons()
 
     # ---- model, classes, layers ------------------------------------------------------------------
@@ -270,11 +306,13 @@ class SegHiResCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _runArguments(self) -> dict:
         p = self._parameterNode
-        chosen = (("seg-hires-grad-cam", p.useSegHiResGradCAM), ("seg-grad-cam", p.useSegGradCAM),
-                  ("seg-xres-cam", p.useSegXResCAM))
-        methods = [name for name, use in chosen if use]
+        methods = list(parse_method_keys(p.methods))
         if not methods:
             raise ValueError("Choose at least one method.")
+        unknown = [key for key in methods if key not in METHOD_INFO]
+        if unknown:
+            raise ValueError(f"The scene asks for methods that are not registered: {', '.join(unknown)}. "
+                             f"Known: {', '.join(METHOD_INFO)}.")
         pixelSet = self.ui.pixelSetComboBox.currentData
         sliceIndex = None
         if pixelSet == "slice":

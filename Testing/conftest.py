@@ -1,16 +1,54 @@
-"""Shared fixtures: small U-Nets with non-trivial batch-norm statistics, the shared data folder."""
+"""Shared fixtures: small U-Nets with non-trivial batch-norm statistics, the shared real CT.
+
+The real CT lives in ``../shared/data/ct-abdomen-totalseg`` beside the repository (or in
+``$SEGHIRESCAM_DATA/ct-abdomen-totalseg``). Where it is missing, its tests are skipped with a
+message saying so; under ``CI=true`` they fail instead, so CI never passes by skipping them.
+"""
 
 from __future__ import annotations
 
+import importlib
+import os
+import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
 
 from seghirescam import UNet2D
+from seghirescam.imaging.sample_data import real_ct_dir as _real_ct_dir
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-REAL_CT_DIR = SHARED_DATA / "ct-abdomen-totalseg"
+REAL_CT_DIR = _real_ct_dir()
+# Nothing of ours may need torchvision (PyPI's build fails beside the CPU torch here) or timm (which
+# imports it): both are blocked for the whole session, so any import of them fails a test.
+for _blocked in ("torchvision", "timm"):
+    sys.modules[_blocked] = None  # type: ignore[assignment]
+ON_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def skip_or_fail(reason: str) -> None:
+    """Skip a test whose prerequisite is missing, or fail it under ``CI=true``."""
+    if ON_CI:
+        pytest.fail(f"{reason} (CI=true: a missing prerequisite is a failure)", pytrace=False)
+    pytest.skip(reason, allow_module_level=True)
+
+
+def require_real_ct(name: str = "example_ct.nii.gz") -> Path:
+    """The path of a file of the shared real CT folder; skip (fail on CI) when it is missing."""
+    path = REAL_CT_DIR / name
+    if not path.exists():
+        skip_or_fail(f"the shared real CT file {path} is missing: put ../shared/data/ct-abdomen-totalseg beside "
+                     "the repository or set SEGHIRESCAM_DATA to the folder holding ct-abdomen-totalseg")
+    return path
+
+
+def require_module(name: str) -> ModuleType:
+    """Import a test-only dependency (e.g. ``slicer`` from slicer-core); skip (fail on CI) without it."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as error:
+        skip_or_fail(f"{name} is not importable ({error}); install the test requirements (requirements.txt)")
 
 
 def make_unet(widths=(4, 8, 16), num_classes=3, seed=0) -> UNet2D:
@@ -35,6 +73,5 @@ def small_unet() -> UNet2D:
 
 @pytest.fixture
 def real_ct_dir() -> Path:
-    if not (REAL_CT_DIR / "example_ct.nii.gz").exists():
-        pytest.skip(f"the shared real CT is not at {REAL_CT_DIR}; tests that need it are skipped")
-    return REAL_CT_DIR
+    """The shared real CT's folder (skips, or fails under CI=true, when it is missing)."""
+    return require_real_ct().parent

@@ -22,7 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from seghirescam import UNet2D  # noqa: E402
 from seghirescam.models.loading import LoadedModel, default_model_path, load_default_model, unet_card  # noqa: E402
-from seghirescam.mrml.logic import METHOD_TITLES, SegHiResCAMLogic, renderSliceView  # noqa: E402
+from seghirescam.cam.method_info import display_name  # noqa: E402
+from seghirescam.mrml.logic import SegHiResCAMLogic, renderSliceView  # noqa: E402
 from seghirescam.mrml.nodes import ijk_to_ras_of  # noqa: E402
 from slicer_scene import make_headless_slicer, rename_segments  # noqa: E402
 
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> Path:
     for (method, layer), node in nodes.items():
         rgba = renderSliceView(app.scene, ct, node, None, sliceOffsetRAS=centre).pixels
         picture = Image.fromarray((rgba[..., :3] * (rgba[..., 3:] / 255.0)).astype(np.uint8))  # on black, as in Slicer
-        ImageDraw.Draw(picture).text((8, 8), f"{METHOD_TITLES[method]} @ {layer}, class kidney ({which})",
+        ImageDraw.Draw(picture).text((8, 8), f"{display_name(method)} @ {layer}, class kidney ({which})",
                                      fill=(255, 255, 255))
         panels.append(picture)
     sheet = Image.new("RGB", (sum(p.width for p in panels), panels[0].height))

@@ -171,7 +171,7 @@ def test_repeated_runs_do_not_leak_hooks_or_memory(small_unet):
 def test_inplace_change_of_an_explained_layer_is_refused():
     model = torch.nn.Sequential(torch.nn.Conv2d(1, 3, 3, padding=1), torch.nn.ReLU(inplace=True), torch.nn.Conv2d(3, 2, 1)).eval()
     x, m = torch.randn(1, 1, 8, 8), torch.ones(1, 8, 8, dtype=torch.bool)
-    with pytest.raises((ValueError, RuntimeError), match="in.place"):
+    with pytest.raises(ValueError, match="modified in place"):
         shc.explain_slices(model, x, m, 1, layers=("0",))
     maps = shc.explain_slices(model, x, m, 1, layers=("1",))  # the ReLU's own output is kept
     assert maps[("seg-hires-grad-cam", "1")].shape == (1, 8, 8)

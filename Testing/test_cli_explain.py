@@ -9,7 +9,7 @@ import pytest
 import SimpleITK as sitk
 from dicom_series import write_dicom_series
 
-from seghirescam.cli.main import main
+from seghirescam.cli import main
 from seghirescam.synthetic.phantom import make_phantom
 from seghirescam.imaging.volumes import Volume, write_volume
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import distributed
 import numpy as np
 import pytest
@@ -9,7 +13,7 @@ import SimpleITK as sitk
 from test_cohort_runner import read_summary, record, write_cohort
 
 from seghirescam.cohort.runner import BatchSettings, run_batch
-from seghirescam.cli.main import main
+from seghirescam.cli import main
 from seghirescam.cohort.dask_executor import worker_device, worker_ordinal
 
 
@@ -22,7 +26,12 @@ def test_each_worker_is_pinned_to_one_gpu(requested, name, gpus, device):
 
 
 def test_worker_ordinal_is_stable_for_names_without_digits():
-    assert worker_ordinal("alpha") == worker_ordinal("alpha") and worker_ordinal(7) == 7
+    """Workers are separate processes: the ordinal of a name must not depend on the process (no hash())."""
+    code = "from seghirescam.cohort.dask_executor import worker_ordinal; print(worker_ordinal('alpha'))"
+    seen = {subprocess.run([sys.executable, "-c", code], capture_output=True, encoding="utf-8", errors="replace", check=True,
+                           env={**os.environ, "PYTHONHASHSEED": seed}).stdout.strip() for seed in ("1", "2")}
+    assert seen == {str(worker_ordinal("alpha"))}
+    assert worker_ordinal(7) == 7 and worker_ordinal("gpu-3") == 3
 
 
 def _maps(out, case_id):

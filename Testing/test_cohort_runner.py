@@ -17,7 +17,7 @@ import torch
 
 from seghirescam import UNet2D
 from seghirescam.cohort.runner import BatchSettings, run_batch
-from seghirescam.cli.main import main
+from seghirescam.cli import main
 from seghirescam.imaging.geometry import Geometry
 from seghirescam.cohort.manifest import ManifestError, read_manifest
 from seghirescam.models.loading import save_model, unet_card
@@ -215,10 +215,10 @@ def test_failing_cases_are_recorded_and_the_run_goes_on(tmp_path, capsys):
 
 @pytest.mark.parametrize("crash, code", [(KeyboardInterrupt, 130), (OSError, 1)])
 def test_a_crash_while_writing_leaves_nothing_half_written(cohort, tmp_path, monkeypatch, crash, code):
-    import seghirescam.ct.case_outputs as case_outputs
+    import seghirescam.ct.outputs as outputs
 
     manifest, model = cohort
-    out, real = tmp_path / "out", case_outputs.write_volume
+    out, real = tmp_path / "out", outputs.write_volume
 
     def write_then_crash(volume, path, *args, **kwargs):
         written = real(volume, path, *args, **kwargs)  # a heatmap is on disk (staged) ...
@@ -226,7 +226,7 @@ def test_a_crash_while_writing_leaves_nothing_half_written(cohort, tmp_path, mon
             raise crash("No space left on device")  # ... when the case breaks before its record
         return written
 
-    monkeypatch.setattr(case_outputs, "write_volume", write_then_crash)
+    monkeypatch.setattr(outputs, "write_volume", write_then_crash)
     assert batch(manifest, out, model, "--no-figure") == code
     assert not leftovers(out) and not (out / ".staging").exists()
     assert record(out, "case0")["status"] == "ok"
@@ -244,9 +244,9 @@ def test_a_crash_while_writing_leaves_nothing_half_written(cohort, tmp_path, mon
 def test_ctrl_c_stops_the_run_with_code_130(tmp_path):
     manifest, model = write_cohort(tmp_path / "data", 5)
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "seghirescam.cli.main", "batch", str(manifest), "--out", str(out), "--model",
+    command = [sys.executable, "-m", "seghirescam.cli", "batch", str(manifest), "--out", str(out), "--model",
                str(model), "--device", "cpu", "--no-figure"]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, encoding="utf-8", errors="replace")
     deadline = time.monotonic() + 120
     while not (out / "case0" / "case.json").exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -308,9 +308,19 @@ def test_float16_maps_keep_small_cams(normalize):
         np.testing.assert_allclose(runs[np.float16].scales[key], runs[np.float32].scales[key], rtol=1e-6)
 
 
+def _reference_map_statistics(heat: np.ndarray, mask: np.ndarray) -> dict[str, float]:
+    """The statistics computed the plain way, with copies (what the one, copy-free writer must match)."""
+    total = float(heat.sum(dtype=np.float64))
+    return {"mass_inside_m": round(float(heat[mask].sum(dtype=np.float64)) / total, 4) if total > 0 else 0.0,
+            "mean_inside_m": round(float(heat[mask].mean()), 5) if mask.any() else 0.0,
+            "mean_outside_m": round(float(heat[~mask].mean()), 5) if (~mask).any() else 0.0,
+            "max": round(float(heat.max()), 5)}
+
+
 def test_lean_map_statistics_equal_the_outputs_ones():
-    from seghirescam.ct.case_outputs import map_statistics
-    from seghirescam.ct.outputs import map_statistics as reference
+    from seghirescam.ct.outputs import map_statistics
+
+    reference = _reference_map_statistics
 
     rng = np.random.default_rng(0)
     heat = np.clip(rng.normal(0.2, 0.3, (6, 40, 50)), 0, None).astype(np.float32)

@@ -10,12 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import require_module
 import SimpleITK as sitk
 from test_cohort_runner import read_summary, tiny_model, write_case, write_manifest
 
 from seghirescam.cohort.runner import BatchSettings, run_batch
 
-slicer = pytest.importorskip("slicer")
+slicer = require_module("slicer")
 
 from seghirescam.mrml.nodes import ijk_to_ras_of  # noqa: E402
 from slicer_scene import make_headless_slicer  # noqa: E402
@@ -43,7 +44,7 @@ def _read_scene(path: Path, cache: Path):
 
 def _run(manifest: Path, out: Path, model: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(SCRIPT), "--", str(manifest), str(out), "--model", str(model),
-                           "--device", "cpu"], capture_output=True, text=True, timeout=300)
+                           "--device", "cpu"], capture_output=True, encoding="utf-8", errors="replace", timeout=300)
 
 
 def test_cohort_scenes_show_the_heatmap_over_the_ct(tmp_path, caplog):

@@ -8,7 +8,7 @@ import torch
 from conftest import make_unet
 from torch import nn
 
-from seghirescam.evaluation.faithfulness import (Curves, blur_fill, curve_auc, inference_copy, normalise_curves,
+from seghirescam.evaluation.faithfulness import (Curves, blur_fill, curve_auc, inference_copy, normalize_curves,
                                       perturbation_curves, rank_positions, score_slices, tissue_mean_fill,
                                       uniform_fractions)
 from seghirescam.evaluation.localisation import dilate, localisation_metrics
@@ -126,7 +126,7 @@ def test_a_random_map_has_the_expected_auc_on_a_linear_model(mode):
     x = torch.rand(4, 1, 64, 64) + 0.5
     m = np.stack([_box()] * 4)
     random_maps = [np.random.default_rng(s).random((4, 64, 64)) for s in range(8)]
-    normalised, valid = normalise_curves(_curves(LinearModel(), x, m, random_maps, mode))
+    normalised, valid = normalize_curves(_curves(LinearModel(), x, m, random_maps, mode))
     assert valid.all()
     areas = curve_auc(normalised, uniform_fractions(10))
     assert areas.mean() == pytest.approx(0.5, abs=0.02)
@@ -138,7 +138,7 @@ def test_a_random_map_has_the_expected_auc_on_a_linear_model(mode):
 def test_m_itself_is_deleted_in_the_first_step():
     x = torch.rand(1, 1, 64, 64) + 0.5
     m = _box()[None]  # 400 of 4096 pixels: under 10%
-    normalised, _ = normalise_curves(_curves(LinearModel(), x, m, [m.astype(float)], "deletion"))
+    normalised, _ = normalize_curves(_curves(LinearModel(), x, m, [m.astype(float)], "deletion"))
     assert np.allclose(normalised[0, 0], [1] + [0] * 10, atol=1e-6)
     assert curve_auc(normalised, uniform_fractions(10))[0, 0] == pytest.approx(0.05)
 
@@ -147,7 +147,7 @@ def test_slices_with_y0_not_above_zero_or_not_above_the_fill_are_left_out():
     fractions = uniform_fractions(2)
     curves = Curves("deletion", fractions, np.ones((1, 4, 3)), np.ones((1, 4, 3)),
                     original=np.array([-1.0, 0.0, 2.0, 1.0]), filled=np.array([-2.0, -1.0, 0.0, 3.0]))
-    normalised, valid = normalise_curves(curves)
+    normalised, valid = normalize_curves(curves)
     assert valid.tolist() == [False, False, True, False]
     assert np.isnan(normalised[0, [0, 1, 3]]).all() and np.allclose(normalised[0, 2], 0.5)
 

@@ -14,7 +14,7 @@ from torch import nn
 
 from seghirescam import UNet2D, explain_slices
 from seghirescam.models.card import ModelCard
-from seghirescam.cli.main import main
+from seghirescam.cli import main
 from seghirescam.evaluation.runner import EvaluationConfig, evaluate_target
 from seghirescam.evaluation.cases import EvalTarget, pixel_set
 from seghirescam.evaluation.exactness import collapse_errors, collapsed_layers, exactness_errors

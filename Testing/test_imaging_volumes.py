@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import require_real_ct
 import SimpleITK as sitk
 
 from dicom_series import write_dicom_series
@@ -22,7 +23,6 @@ from seghirescam.imaging.volumes import (
     write_volume,
 )
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ct-abdomen-totalseg"
 
 IDENTITY = (1, 0, 0, 0, 1, 0, 0, 0, 1)
 # KiTS23 NIfTI: i -> Inferior, j -> Posterior, k -> Left (IPL): the axial axis is FIRST in file order.
@@ -225,10 +225,7 @@ def test_resample_non_overlapping_grids_raise():
 
 
 def _data(name: str) -> Path:
-    path = DATA / name
-    if not path.exists():
-        pytest.skip(f"real CT data not found at {path} (expected ../shared/data beside the repository)")
-    return path
+    return require_real_ct(name)
 
 
 def test_real_ct_axial_axis_and_kidney_sides():

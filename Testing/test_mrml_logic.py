@@ -11,10 +11,11 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from conftest import require_module, require_real_ct
 import torch
 
-slicer = pytest.importorskip("slicer")
-vtk = pytest.importorskip("vtk")
+slicer = require_module("slicer")
+vtk = require_module("vtk")
 
 from seghirescam import ExplanationCancelled, UNet2D, explain_volume, predict_volume  # noqa: E402
 from seghirescam.imaging.geometry import Geometry  # noqa: E402
@@ -53,9 +54,7 @@ def _heatmaps(logic: SegHiResCAMLogic, ct) -> dict[tuple[str, str], object]:
 @pytest.fixture(scope="module")
 def real(model):
     """The real CT and TotalSegmentator labels in a headless scene, explained once on the left kidney."""
-    folder = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ct-abdomen-totalseg"
-    if not (folder / "example_ct.nii.gz").exists():
-        pytest.skip(f"the shared real CT is not at {folder}")
+    folder = require_real_ct().parent
     app = make_headless_slicer()
     ct = app.volumes.AddArchetypeVolume(str(folder / "example_ct.nii.gz"), "CT", 0, vtk.vtkStringArray())
     labelmap = app.volumes.AddArchetypeVolume(str(folder / "example_seg_fast_force_split.nii.gz"), "labels", 1,

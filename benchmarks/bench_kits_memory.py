@@ -136,7 +136,8 @@ def _child(config: dict) -> dict:
         slices, explain_s, device = len(result.slices_explained), time.perf_counter() - before_explain, result.device
         batch = result.batch_size
     else:
-        from seghirescam.cohort.case_runner import BatchSettings, process_case
+        from seghirescam.cohort.case_runner import process_case
+        from seghirescam.cohort.settings import BatchSettings
         from seghirescam.cohort.manifest import CaseRow
 
         row = CaseRow("kits", Path(config["ct"]), Path(config["labels"]), "1", (1,), None, None, None, 2)

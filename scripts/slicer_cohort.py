@@ -6,23 +6,21 @@
 The manifest is the one ``seghirescam batch`` reads (case_id, ct, seg, segment, optional point and
 target_class). Per case: the CT and the segment are put into a fresh scene, the Logic
 (``SegHiResCAMLogic.process``) adds the heatmaps, the slice views get the CT as background and
-the first heatmap as foreground, and the scene is written to ``OUT/<case_id>.mrb`` (temporary
-name, then rename) with ``OUT/<case_id>.json`` (status, key, seconds, error) written last. A case
-whose record says "ok" with the same key (inputs, model and settings) is skipped. A failing case
-is recorded and the run goes on. Exit code: 0 all ok, 1 some case failed, 2 bad manifest or
-options, 130 Ctrl-C. A manifest point becomes a markups point: the Logic's M is then a disc of
-radius 2 pixels around it (``seghirescam batch`` uses the single voxel unless --point-radius).
+the first heatmap as foreground, and the scene is written to ``OUT/<case_id>.mrb`` (atomically)
+with ``OUT/<case_id>.json`` (status, key, seconds, error) written last. The loop is
+``seghirescam batch``'s (``seghirescam.cohort.loop.run_cases``): a case whose record says "ok"
+with the same key (inputs, model and settings) is skipped, a failing case is recorded and the
+run goes on. Exit code: 0 all ok, 1 some case failed, 2 bad manifest or options, 130 Ctrl-C.
+A manifest point becomes a markups point: the Logic's M is then the disc of
+``DEFAULT_POINT_RADIUS`` pixels around it, as in ``seghirescam batch``.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -35,14 +33,14 @@ import numpy as np
 import slicer
 import vtk
 
-from seghirescam.cohort.case_runner import BatchSettings
-from seghirescam.ct.cases import prepare_case, read_label_names
+from seghirescam.atomic import atomic_path, write_json_atomic
 from seghirescam.cam.engine import DEFAULT_METHODS
+from seghirescam.cohort.loop import run_cases
 from seghirescam.cohort.manifest import CaseRow, read_manifest
-from seghirescam.models.loading import load_model
+from seghirescam.cohort.resume import case_key, with_model_digest
+from seghirescam.cohort.settings import BatchSettings
+from seghirescam.ct.cases import prepare_case, read_label_names
 from seghirescam.mrml.logic import SegHiResCAMLogic
-from seghirescam.ct.outputs import write_json
-from seghirescam.cohort.resume import case_key, model_digest
 
 logger = logging.getLogger("slicer_cohort")
 IN_APP = hasattr(slicer, "app") and getattr(slicer, "mrmlScene", None) is not None
@@ -130,7 +128,7 @@ def show_over_ct(scene, ct, heat) -> None:
         composite.SetForegroundOpacity(0.5)
 
 
-def run_case(row: CaseRow, args: argparse.Namespace, settings: BatchSettings, loaded, key: str) -> dict:
+def run_case(row: CaseRow, args: argparse.Namespace, settings: BatchSettings, loaded) -> dict:
     """One case into ``OUT/<case_id>.mrb``; returns the record's details."""
     scene, colors, _alive = new_scene()
     case = prepare_case(row.ct, row.seg, loaded, label_values=row.label_values, segment_name=row.segment_name,
@@ -142,15 +140,45 @@ def run_case(row: CaseRow, args: argparse.Namespace, settings: BatchSettings, lo
                              pixelSet="point" if row.point else "segment", pointNode=point, device=args.device)
     show_over_ct(scene, ct, next(iter(heatmaps.values())))
     final = args.out / f"{row.case_id}.mrb"
-    with tempfile.TemporaryDirectory(dir=args.out, prefix=".tmp-") as folder:  # the bundle keeps the case's name
-        temporary = Path(folder) / final.name
+    with atomic_path(final, keep_name=True) as temporary:  # the bundle keeps the case's name inside
         if not scene.WriteToMRB(str(temporary)):
-            raise OSError(f"could not write {temporary}")
-        os.replace(temporary, final)
+            raise OSError(f"could not write {final}")
     first = next(iter(heatmaps.values()))
     return {"scene": final.name, "heatmaps": [node.GetName() for node in heatmaps.values()],
             "device": first.GetAttribute("SegHiResCAM.Device"),
             "slices_explained": int(first.GetAttribute("SegHiResCAM.SlicesExplained"))}
+
+
+class SlicerCaseJob:
+    """A case of the cohort (a ``seghirescam.cohort.loop.CaseJob``): one scene bundle and its record."""
+
+    def __init__(self, args: argparse.Namespace, settings: BatchSettings, loaded) -> None:
+        self.args, self.settings, self.loaded = args, settings, loaded
+
+    def _record_path(self, row: CaseRow) -> Path:
+        return self.args.out / f"{row.case_id}.json"
+
+    def key(self, row: CaseRow) -> str:
+        return case_key(row, self.settings)
+
+    def finished(self, row: CaseRow, key: str) -> dict | None:
+        previous = read_record_file(self._record_path(row))
+        scene = self.args.out / str(previous.get("scene"))
+        return previous if previous.get("status") == "ok" and previous.get("key") == key and scene.is_file() else None
+
+    def run(self, row: CaseRow, key: str, started: float) -> dict:
+        details = run_case(row, self.args, self.settings, self.loaded)
+        return self._publish(row, key, {"status": "ok", **details}, time.perf_counter() - started)
+
+    def failed(self, row: CaseRow, error: BaseException, key: str | None, seconds: float) -> dict:
+        record = {"status": "failed", "error": {"type": type(error).__name__, "message": str(error)}}
+        return self._publish(row, key, record, seconds)
+
+    def _publish(self, row: CaseRow, key: str | None, record: dict, seconds: float) -> dict:
+        """Write the case's record (its last output) and return it."""
+        record = {"case_id": row.case_id, "key": key, **record, "seconds": round(seconds, 2)}
+        write_json_atomic(self._record_path(row), record)
+        return record
 
 
 def main(argv: list[str]) -> int:
@@ -162,36 +190,21 @@ def main(argv: list[str]) -> int:
         settings = BatchSettings(model=str(args.model) if args.model else None,
                                  card=str(args.card) if args.card else None,
                                  methods=tuple(args.method or DEFAULT_METHODS),
-                                 layers=tuple(args.layer) if args.layer else None, point_radius=2,
+                                 layers=tuple(args.layer) if args.layer else None,
                                  label_names=read_label_names(args.label_names) if args.label_names else None,
                                  extension=".mrb")
-        settings = dataclasses.replace(settings, model_sha256=model_digest(settings.model_path(), settings.card_path()))
-        loaded = load_model(settings.model_path(), settings.card_path())
+        settings = with_model_digest(settings)
+        loaded = settings.load_model()
     except (ValueError, OSError) as error:
         logger.error("%s", error)
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
-    failed = 0
     try:
-        for row in rows:
-            started, key, record_path = time.perf_counter(), None, args.out / f"{row.case_id}.json"
-            try:
-                key = case_key(row, settings)
-                previous = read_record_file(record_path)
-                scene = args.out / str(previous.get("scene"))
-                if previous.get("status") == "ok" and previous.get("key") == key and scene.is_file():
-                    logger.info("%s: done earlier, skipped", row.case_id)
-                    continue
-                record = {"status": "ok", **run_case(row, args, settings, loaded, key)}
-            except Exception as error:  # noqa: BLE001 - a case's failure is recorded and the cohort goes on
-                failed += 1
-                logger.warning("%s failed: %s: %s", row.case_id, type(error).__name__, error)
-                record = {"status": "failed", "error": {"type": type(error).__name__, "message": str(error)}}
-            write_json(record_path, {"case_id": row.case_id, "key": key, **record,
-                                     "seconds": round(time.perf_counter() - started, 2)})
+        records = run_cases(rows, SlicerCaseJob(args, settings, loaded), log=logger)
     except KeyboardInterrupt:
         logger.warning("interrupted")
         return 130
+    failed = sum(record["status"] != "ok" for record in records)
     logger.info("%d of %d cases ok; scenes in %s", len(rows) - failed, len(rows), args.out)
     return 1 if failed else 0
 

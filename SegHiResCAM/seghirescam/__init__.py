@@ -20,6 +20,8 @@ _EXPORTS = {
     "METHODS": "seghirescam.cam.methods",
     "CAMMethod": "seghirescam.cam.methods",
     "seg_xres_cam": "seghirescam.cam.methods",
+    "register_method": "seghirescam.cam.methods",
+    "unregister_method": "seghirescam.cam.methods",
     "predict_volume": "seghirescam.cam.inference",
     "pixel_set_from_labels": "seghirescam.cam.pixel_sets",
     "pixel_set_from_prediction": "seghirescam.cam.pixel_sets",

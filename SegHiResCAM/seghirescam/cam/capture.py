@@ -52,7 +52,7 @@ class ActivationCapture:
     """Context manager: hooks on the explained layers, removed on exit.
 
     Use around a forward pass run under ``torch.no_grad()``; after it, ``activations[name]``
-    is each layer's output (B, K, h, w), part of a graph that starts at the earliest layer.
+    is each layer's output (B, K, h, w) or (B, K, d, h, w), part of a graph that starts at the earliest layer.
 
     Args:
         model: The network.
@@ -70,18 +70,25 @@ class ActivationCapture:
             self._handles.append(module.register_forward_hook(self._hook(name)))
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
+    def __exit__(self, exc_type: type | None, exc: BaseException | None, _traceback: object) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        if isinstance(exc, RuntimeError) and "leaf Variable" in str(exc) and "in-place" in str(exc):
+            # The earliest layer's output starts the graph as a leaf; a later in-place op on it (e.g.
+            # LeakyReLU(inplace=True) after a norm layer) would overwrite the captured values.
+            first = next(iter(self.activations), "?")
+            raise ValueError(f"the output of layer {first!r} is modified in place later in the forward pass "
+                             "(e.g. an activation with inplace=True); explain a layer whose output is kept, "
+                             "such as the block's or stage's output") from exc
 
     def _hook(self, name: str):
         def hook(_module: nn.Module, _inputs: object, output: object) -> torch.Tensor:
             if name in self.activations:
                 raise ValueError(f"layer {name!r} runs more than once per forward pass; explain a layer that runs once")
-            if not isinstance(output, torch.Tensor) or output.ndim != 4:
+            if not isinstance(output, torch.Tensor) or output.ndim not in (4, 5):
                 kind = type(output).__name__ if not isinstance(output, torch.Tensor) else f"{output.ndim}D tensor"
-                raise ValueError(f"layer {name!r} outputs a {kind}; explainable layers output (B, K, h, w) tensors")
+                raise ValueError(f"layer {name!r} outputs a {kind}; explainable layers output (B, K, h, w) or (B, K, d, h, w) tensors")
             if not self.activations or not output.requires_grad:
                 # The earliest layer (or one independent of it): start the graph here.
                 torch.set_grad_enabled(True)

@@ -18,15 +18,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from seghirescam.cam.capture import ActivationCapture, evaluation_mode, resolve_layers
+from seghirescam.cam.method_info import DEFAULT_METHOD_KEYS
 from seghirescam.cam.methods import CAMMethod, resolve_method
-from seghirescam.cam.normalization import normalize_maps
+from seghirescam.cam.layers import default_layers, explainable_layers
+from seghirescam.cam.normalization import check_normalize, normalize_maps
+from seghirescam.cam.padding import pad_slices, size_multiple
 from seghirescam.cam.result import ExplanationCancelled, ExplanationResult
 from seghirescam.cam.runtime import auto_batch_size, autocast_context, is_out_of_memory, model_on_device, resolve_device
 from seghirescam.cam.validation import check_target_class, check_volume_inputs
+from seghirescam.cam.vocabulary import DEFAULT_NORMALIZATION
 
 __all__ = ["explain_slices", "explain_volume", "DEFAULT_METHODS"]
 
-DEFAULT_METHODS = ("seg-hires-grad-cam", "seg-grad-cam")
+DEFAULT_METHODS = DEFAULT_METHOD_KEYS  # kept in the registry's torch-free metadata, which the GUI reads too
 # "auto" on the CPU: at most this many pixels per batch. Larger CPU batches are slower (measured: 8.7 slices/s
 # at batch 2 vs 7.0 at batch 8, 256 x 256, 2 cores) and each
 # 512 x 512 slice of the default U-Net costs about 0.3 GB while it is explained.
@@ -35,28 +39,11 @@ MapKey = tuple[str, str]
 Preprocess = Callable[[torch.Tensor], torch.Tensor]
 
 
-def _pad_multiple(model: nn.Module, pad_to_multiple: int | None) -> int:
-    multiple = getattr(model, "size_multiple", 1) if pad_to_multiple is None else pad_to_multiple
-    if int(multiple) != multiple or multiple < 1:
-        raise ValueError(f"pad_to_multiple must be a positive int, got {multiple!r}")
-    return int(multiple)
-
-
-def _pad(x: torch.Tensor, m: torch.Tensor, multiple: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pad x (replicate) and m (False) at the bottom/right to multiples of ``multiple``."""
-    height, width = x.shape[-2:]
-    pad_h, pad_w = -height % multiple, -width % multiple
-    if not pad_h and not pad_w:
-        return x, m
-    x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
-    return x, F.pad(m, (0, pad_w, 0, pad_h), value=False)
-
-
 def _explain_batch(model: nn.Module, x: torch.Tensor, m: torch.Tensor, target_class: int, layers: Sequence[str],
                    methods: Sequence[CAMMethod], multiple: int, raw: bool, autocast: str | None) -> dict[MapKey, torch.Tensor]:
     """Maps for one prepared batch; the model is in eval mode on x's device."""
     height, width = x.shape[-2:]
-    xp, mp = _pad(x, m, multiple)
+    xp, mp = pad_slices(x, multiple, m)
     with ActivationCapture(model, layers) as capture:
         with torch.no_grad(), autocast_context(x.device, autocast):
             logits = model(xp)
@@ -93,7 +80,7 @@ def _methods(methods: Sequence[str | CAMMethod]) -> list[CAMMethod]:
 
 
 def explain_slices(model: nn.Module, x: torch.Tensor, m: torch.Tensor, target_class: int, *,
-                   layers: Sequence[str] = ("bottleneck",), methods: Sequence[str | CAMMethod] = DEFAULT_METHODS,
+                   layers: Sequence[str] | None = None, methods: Sequence[str | CAMMethod] = DEFAULT_METHODS,
                    raw: bool = False, autocast: str | None = None,
                    pad_to_multiple: int | None = None) -> dict[MapKey, torch.Tensor]:
     """Explain a batch of 2D slices.
@@ -104,7 +91,8 @@ def explain_slices(model: nn.Module, x: torch.Tensor, m: torch.Tensor, target_cl
         x: Input batch (B, C, H, W), already preprocessed.
         m: Pixel sets M (B, H, W), bool; an empty M gives a zero map.
         target_class: Class c whose logits are summed over M.
-        layers: Names from ``model.named_modules()``.
+        layers: Names from ``model.named_modules()``; None: ``default_layers(explainable_layers(model))``
+            ("bottleneck" if the model has it).
         methods: Names from ``seghirescam.cam.methods.METHODS`` or ``CAMMethod`` objects.
         raw: If True, return maps at layer resolution (of the padded input) before ReLU and
             upsampling, e.g. to check HiResCAM's exactness.
@@ -127,7 +115,8 @@ def explain_slices(model: nn.Module, x: torch.Tensor, m: torch.Tensor, target_cl
     if not torch.isfinite(x).all():
         raise ValueError("x holds NaN or Inf values")
     check_target_class(target_class, getattr(model, "num_classes", None))
-    multiple = _pad_multiple(model, pad_to_multiple)
+    multiple = size_multiple(model, pad_to_multiple)
+    layers = default_layers(explainable_layers(model)) if layers is None else layers
     with evaluation_mode(model):
         return _explain_batch(model, x, m.to(x.device), target_class, layers, _methods(methods), multiple, raw, autocast)
 
@@ -177,9 +166,9 @@ def _rescale_from_peaks(stack: np.ndarray, peaks: np.ndarray, todo: np.ndarray, 
 
 
 def explain_volume(model: nn.Module, volume: np.ndarray, mask: np.ndarray, target_class: int, *,
-                   layers: Sequence[str] = ("bottleneck",), methods: Sequence[str | CAMMethod] = DEFAULT_METHODS,
+                   layers: Sequence[str] | None = None, methods: Sequence[str | CAMMethod] = DEFAULT_METHODS,
                    axis: int = 0, batch_size: int | str = "auto", device: str | torch.device = "auto",
-                   normalize: str = "volume", preprocess: Preprocess | None = None,
+                   normalize: str = DEFAULT_NORMALIZATION, preprocess: Preprocess | None = None,
                    progress: Callable[[int, int], None] | None = None, cancel: Callable[[], bool] | None = None,
                    autocast: str | None = None, pad_to_multiple: int | None = None,
                    map_dtype: np.dtype | type = np.float32) -> ExplanationResult:
@@ -193,7 +182,8 @@ def explain_volume(model: nn.Module, volume: np.ndarray, mask: np.ndarray, targe
         mask: Bool array of the volume's shape: the pixel set M of each slice. Slices with
             an empty M are not run; their maps are 0 and they are counted as skipped.
         target_class: Class c.
-        layers: Names from ``model.named_modules()``.
+        layers: Names from ``model.named_modules()``; None: ``default_layers(explainable_layers(model))``
+            ("bottleneck" if the model has it).
         methods: Method names or ``CAMMethod`` objects.
         axis: The slicing axis of ``volume`` (0, 1, 2 or negative).
         batch_size: Slices per batch, or "auto" (fits a quarter of free memory). On CUDA
@@ -222,8 +212,8 @@ def explain_volume(model: nn.Module, volume: np.ndarray, mask: np.ndarray, targe
     started = time.perf_counter()
     volume, mask, axis = check_volume_inputs(volume, mask, axis)
     method_list = _methods(methods)
-    if normalize not in ("volume", "slice", "none"):
-        raise ValueError(f"normalize must be 'volume', 'slice' or 'none', got {normalize!r}")
+    check_normalize(normalize)
+    layers = default_layers(explainable_layers(model)) if layers is None else layers
     resolve_layers(model, layers)  # fail on a bad name before any work
     check_target_class(target_class, getattr(model, "num_classes", None))
     todo = np.flatnonzero(np.moveaxis(mask, axis, 0).any(axis=(1, 2)))
@@ -232,7 +222,7 @@ def explain_volume(model: nn.Module, volume: np.ndarray, mask: np.ndarray, targe
     torch_device = resolve_device(device)
     work_model = model_on_device(model, torch_device)
     preprocess = preprocess or _default_preprocess
-    multiple = _pad_multiple(work_model, pad_to_multiple)
+    multiple = size_multiple(work_model, pad_to_multiple)
     slices, masks = np.moveaxis(volume, axis, 0), np.moveaxis(mask, axis, 0)
     maps = {(m.name, layer): np.zeros(volume.shape, dtype=map_dtype) for m in method_list for layer in layers}
     views = {key: np.moveaxis(array, axis, 0) for key, array in maps.items()}
@@ -246,7 +236,7 @@ def explain_volume(model: nn.Module, volume: np.ndarray, mask: np.ndarray, targe
 
     with evaluation_mode(work_model):
         if batch_size == "auto":
-            example = _pad(*prepared(todo[:1]), multiple)[0]
+            example = pad_slices(prepared(todo[:1])[0], multiple)[0]
             batch_size = auto_batch_size(work_model, example, len(todo))
             if torch_device.type == "cpu":
                 batch_size = max(1, min(batch_size, CPU_AUTO_BATCH_PIXELS // (example.shape[-2] * example.shape[-1])))

@@ -6,10 +6,10 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from seghirescam.cam.capture import evaluation_mode
+from seghirescam.cam.padding import pad_slices, size_multiple
 from seghirescam.cam.runtime import model_on_device, resolve_device
 from seghirescam.cam.validation import check_volume_inputs
 
@@ -17,9 +17,9 @@ __all__ = ["predict_volume", "predict_slices"]
 
 
 def predict_slices(model: nn.Module, x: torch.Tensor, multiple: int = 1) -> torch.Tensor:
-    """Logits for a batch x (B, C, H, W), padded (replicate) to ``multiple`` and cropped back."""
+    """Logits for a batch x (B, C, H, W), padded to ``multiple`` (``padding.pad_slices``) and cropped back."""
     height, width = x.shape[-2:]
-    padded = F.pad(x, (0, -width % multiple, 0, -height % multiple), mode="replicate") if multiple > 1 else x
+    padded, _ = pad_slices(x, multiple)
     with torch.no_grad():
         return model(padded)[..., :height, :width]
 
@@ -45,7 +45,7 @@ def predict_volume(model: nn.Module, volume: np.ndarray, *, axis: int = 0,
     volume, _, axis = check_volume_inputs(volume, np.zeros(np.shape(volume), dtype=bool), axis)
     torch_device = resolve_device(device)
     work_model = model_on_device(model, torch_device)
-    multiple = int(getattr(work_model, "size_multiple", 1))
+    multiple = size_multiple(work_model)
     slices = np.moveaxis(volume, axis, 0)
     labels = np.zeros(volume.shape, dtype=np.uint8)
     out = np.moveaxis(labels, axis, 0)

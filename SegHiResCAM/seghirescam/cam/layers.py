@@ -6,10 +6,34 @@ finds the submodules that output a (B, K, h, w) or (B, K, d, h, w) tensor once p
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
-__all__ = ["explainable_layers"]
+__all__ = ["explainable_layers", "default_layers"]
+
+
+def default_layers(layers: Sequence[str]) -> tuple[str, ...]:
+    """The layer explained when none is chosen: "bottleneck" if listed, else the middle one.
+
+    The one rule of the engine, the CT pipeline, the command line, cohorts and the Slicer
+    Logic: the deepest level of a U-Net, where maps explain more than the segmentation itself.
+
+    Args:
+        layers: The model's explainable layers in forward order (a model card's ``layers``, or
+            ``explainable_layers(model)``).
+
+    Returns:
+        One layer name, as a tuple.
+
+    Raises:
+        ValueError: If no layer is listed.
+    """
+    layers = tuple(layers)
+    if not layers:
+        raise ValueError("the model lists no explainable layers; pass layers explicitly (see explainable_layers)")
+    return ("bottleneck",) if "bottleneck" in layers else (layers[len(layers) // 2],)
 
 
 def explainable_layers(model: nn.Module, example_input: torch.Tensor | None = None) -> list[str]:

@@ -4,9 +4,20 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["normalize_maps", "NORMALIZATIONS"]
+from seghirescam.cam.vocabulary import NORMALIZATIONS
 
-NORMALIZATIONS = ("volume", "slice", "none")
+__all__ = ["normalize_maps", "check_normalize", "NORMALIZATIONS"]
+
+
+def check_normalize(mode: str) -> str:
+    """Returns: ``mode`` if it is a key of ``NORMALIZATIONS``.
+
+    Raises:
+        ValueError: For an unknown mode (the message lists the known ones).
+    """
+    if mode not in NORMALIZATIONS:
+        raise ValueError(f"normalize must be one of {', '.join(NORMALIZATIONS)}, got {mode!r}")
+    return mode
 
 
 def normalize_maps(stack: np.ndarray, mode: str) -> np.ndarray:
@@ -24,8 +35,7 @@ def normalize_maps(stack: np.ndarray, mode: str) -> np.ndarray:
     Raises:
         ValueError: For an unknown mode.
     """
-    if mode not in NORMALIZATIONS:
-        raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {mode!r}")
+    check_normalize(mode)
     scales = np.ones(stack.shape[0])
     if mode == "none" or stack.size == 0:
         return scales

@@ -1,4 +1,7 @@
-"""Builders of the pixel set M: boolean arrays of the volume's shape, (k, j, i) like the volume."""
+"""Builders of the pixel set M: boolean arrays of the volume's shape, (k, j, i) like the volume.
+
+The names users choose pixel sets by (``PIXEL_SETS``) live in ``seghirescam.cam.vocabulary``.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +12,16 @@ import torch
 from torch import nn
 
 from seghirescam.cam.inference import predict_volume
+from seghirescam.cam.vocabulary import FILE_PIXEL_SETS, PIXEL_SETS
 
-__all__ = ["pixel_set_from_labels", "pixel_set_from_prediction", "pixel_set_whole_slices", "pixel_set_from_points"]
+__all__ = ["pixel_set_from_labels", "pixel_set_from_prediction", "pixel_set_whole_slices", "pixel_set_from_points",
+           "DEFAULT_POINT_RADIUS", "PIXEL_SETS", "FILE_PIXEL_SETS"]
+
+DEFAULT_POINT_RADIUS = 2
+"""The default M around a point: an in-plane disc of this radius in pixels, on the point's own slice
+(2: the point and its 12 nearest pixels, 13 in all; 0 would be the single voxel). Used for a
+manifest's point (``seghirescam batch``), ``--point`` (``seghirescam explain``) and a markups
+point in Slicer alike, so the same point gives the same M everywhere."""
 
 
 def pixel_set_from_labels(labels: np.ndarray, values: int | Iterable[int]) -> np.ndarray:
@@ -68,14 +79,15 @@ def pixel_set_whole_slices(shape: Sequence[int], slices: Iterable[int] | None = 
     return mask
 
 
-def pixel_set_from_points(shape: Sequence[int], points: Iterable[Sequence[int]], *, radius: int = 0,
-                          axis: int = 0) -> np.ndarray:
+def pixel_set_from_points(shape: Sequence[int], points: Iterable[Sequence[int]], *,
+                          radius: int = DEFAULT_POINT_RADIUS, axis: int = 0) -> np.ndarray:
     """M = given voxels, each grown to an in-plane disc of ``radius`` pixels on its own slice.
 
     Args:
         shape: Volume shape.
         points: Voxel indices in the volume's array order, e.g. (k, j, i).
-        radius: Disc radius in pixels within the slice (0 = the single voxel).
+        radius: Disc radius in pixels within the slice (0 = the single voxel); default
+            ``DEFAULT_POINT_RADIUS``.
         axis: The slicing axis (the disc lies in the plane across it).
 
     Raises:

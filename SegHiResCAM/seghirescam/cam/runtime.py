@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import copy
-import os
+
+import psutil
 
 import torch
 from torch import nn
@@ -50,18 +51,11 @@ def model_on_device(model: nn.Module, device: torch.device) -> nn.Module:
 
 
 def _available_bytes(device: torch.device) -> int:
+    """Free memory of the device in bytes: CUDA's free memory, else the system's available RAM (psutil)."""
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
         return int(free)
-    try:
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    pages = os.sysconf("SC_AVPHYS_PAGES") if hasattr(os, "sysconf") else 0
-    return int(pages * os.sysconf("SC_PAGE_SIZE")) if pages else 2 * 1024**3
+    return int(psutil.virtual_memory().available)
 
 
 def auto_batch_size(model: nn.Module, example: torch.Tensor, n_slices: int) -> int:

@@ -1,5 +1,5 @@
 """The ``seghirescam`` command line; each subcommand lives in its own module, imported when used."""
 
-from seghirescam.cli.main import main
+from seghirescam.cli.app import main
 
 __all__ = ["main"]

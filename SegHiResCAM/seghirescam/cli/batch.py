@@ -13,7 +13,7 @@ from pathlib import Path
 
 from seghirescam.cohort.runner import EXECUTORS, BatchSettings, run_batch
 from seghirescam.ct.cases import read_label_names
-from seghirescam.cli.explain import _common
+from seghirescam.cli.explain import _common, add_point_radius_option
 from seghirescam.cam.engine import DEFAULT_METHODS
 
 __all__ = ["add_batch", "run_batch_command"]
@@ -30,7 +30,7 @@ def add_batch(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("manifest", type=Path, help="the manifest CSV")
     _common(parser)
     parser.add_argument("--label-names", type=Path, help="JSON {value: name} for segment names in the manifest")
-    parser.add_argument("--point-radius", type=int, default=0, help="in-plane disc radius (pixels) around a point")
+    add_point_radius_option(parser)
     parser.add_argument("--format", default=".nrrd", choices=(".nrrd", ".nii.gz", ".mha"))
     parser.add_argument("--map-dtype", default="float32", choices=("float32", "float16"),
                         help="maps held in memory (float16 halves it; files stay float32)")

@@ -8,16 +8,19 @@ counts, runtime, the command) into ``--out``.
 from __future__ import annotations
 
 import argparse
-import os
 import platform
 import shlex
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from seghirescam.atomic import atomic_path, write_json_atomic, write_text_atomic
+from seghirescam.cam.method_info import display_name
+from seghirescam.cli.method_option import add_method_option
 from seghirescam.imaging.sample_data import real_ct_dir
 from seghirescam.evaluation.runner import EvaluationConfig, TargetResult, run_evaluation
 from seghirescam.evaluation.cases import (PHANTOM_SEEDS, PHANTOM_SHAPE, PHANTOM_SPACING, REAL_CT_SLAB, EvalTarget,
@@ -26,7 +29,6 @@ from seghirescam.evaluation.plots import plot_curves, plot_sanity
 from seghirescam.evaluation.report import compare, markdown_report, summarise, write_csv
 from seghirescam.evaluation.faithfulness import uniform_fractions
 from seghirescam.models.loading import default_model_path, load_default_model, load_model
-from seghirescam.ct.outputs import write_json
 from seghirescam.evaluation.sanity import randomisation_stages
 
 __all__ = ["add_evaluate", "run_evaluate", "write_evaluation"]
@@ -55,7 +57,7 @@ def add_evaluate(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-real-ct", action="store_true", help="phantoms only")
     parser.add_argument("--layer", action="append", dest="layers", help=f"layer (repeatable; default "
                         f"{' '.join(_DEFAULTS.layers)})")
-    parser.add_argument("--method", action="append", dest="methods", help="CAM method (repeatable; default all three)")
+    add_method_option(parser, default=None, dest="methods")
     parser.add_argument("--no-sanity", action="store_true", help="skip the cascading weight randomisation")
     for option, (default, text) in _OPTIONS.items():
         choices = ("label", "prediction") if option == "--pixel-set" else None
@@ -78,6 +80,12 @@ def _command(args: argparse.Namespace) -> str:
         if value != default:
             words += [option, str(value)]
     return shlex.join(words)
+
+
+def _joined(names: Iterable[str]) -> str:
+    """Returns: "A", "A and B", "A, B and C"."""
+    names = list(names)
+    return " and ".join(filter(None, (", ".join(names[:-1]), names[-1]))) if names else "no method"
 
 
 def _pooled(results: list[TargetResult], targets: list[EvalTarget]):
@@ -125,7 +133,7 @@ def write_evaluation(out: Path, results: list[TargetResult], targets: list[EvalT
         plots.append(plot_sanity(out / "sanity.png", sanity, stages, config.layers).name)
     source = "reference label" if config.pixel_set == "label" else "model prediction"
     header = [
-        "# Faithfulness of Seg-HiRes-Grad CAM, Seg-Grad CAM and Seg-XRes CAM", "",
+        f"# Faithfulness of {_joined(display_name(method) for method in config.methods)}", "",
         (f"Made by `{command}` in {seconds / 60:.1f} min on {torch.get_num_threads()} CPU threads "
          f"(torch {torch.__version__}, Python {platform.python_version()})."), "",
         (f"- Model: {model_name}. M: the {source} of the structure. "
@@ -140,18 +148,17 @@ def write_evaluation(out: Path, results: list[TargetResult], targets: list[EvalT
     ]
     text = markdown_report(summary, comparisons, collapsed=collapsed, header=header, dilation=config.dilation,
                            plots=plots)
-    temporary = out / ".evaluation.md.tmp"  # UTF-8 whatever the locale: the report holds ↓, ρ, ⚠
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, out / "evaluation.md")
+    write_text_atomic(out / "evaluation.md", text)  # UTF-8 whatever the locale: the report holds ↓, ρ, ⚠
     write_csv(out / "per_slice.csv", rows)
     write_csv(out / "summary.csv", summary)
     write_csv(out / "comparisons.csv", comparisons)
-    np.savez_compressed(out / "curves.npz", fractions=fractions, **{"|".join(k): v for k, v in curves.items()})
+    with atomic_path(out / "curves.npz") as temporary:
+        np.savez_compressed(temporary, fractions=fractions, **{"|".join(k): v for k, v in curves.items()})
     record = {"command": command, "seconds": round(seconds, 1), "threads": torch.get_num_threads(),
               "torch": torch.__version__, "model": model_name, "config": asdict(config), "counts": counts,
               "collapsed_layers": collapsed, "files": ["evaluation.md", "per_slice.csv", "summary.csv",
                                                        "comparisons.csv", "curves.npz", *plots]}
-    write_json(out / "run.json", record)
+    write_json_atomic(out / "run.json", record)
     return record
 
 
@@ -171,7 +178,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if args.phantoms < 0 or args.slices < 1:
         raise ValueError("--phantoms must be >= 0 and --slices >= 1")
     config = EvaluationConfig(layers=tuple(args.layers or _DEFAULTS.layers),
-                              methods=tuple(args.methods or _DEFAULTS.methods), slices_per_target=args.slices,
+                              methods=tuple(args.methods or EvaluationConfig().methods), slices_per_target=args.slices,
                               steps=args.steps, blur_sigma=args.blur_sigma, dilation=args.dilation,
                               pixel_set=args.pixel_set, seed=args.seed, sanity=not args.no_sanity)
     seeds = tuple(PHANTOM_SEEDS[0] + i for i in range(args.phantoms))

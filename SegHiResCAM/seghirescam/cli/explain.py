@@ -6,20 +6,24 @@ import argparse
 import time
 from pathlib import Path
 
-import numpy as np
 from tqdm import tqdm
 
-from seghirescam.ct.cases import prepare_case, read_label_names
-from seghirescam.cam.methods import METHODS
+from seghirescam.atomic import write_json_atomic
+from seghirescam.ct.cases import PreparedCase, prepare_case, read_label_names
+from seghirescam.cam.engine import DEFAULT_METHODS
+from seghirescam.cam.layers import default_layers
+from seghirescam.cam.pixel_sets import DEFAULT_POINT_RADIUS, FILE_PIXEL_SETS, PIXEL_SETS
+from seghirescam.cam.vocabulary import DEFAULT_NORMALIZATION, NORMALIZATIONS, help_text
+from seghirescam.cli.method_option import add_method_option
 from seghirescam.models.loading import LoadedModel, load_default_model, load_model
-from seghirescam.ct.outputs import write_explanation, write_json
+from seghirescam.ct.outputs import write_case_outputs
 from seghirescam.ct.pipeline import explain_ct, predict_ct
 from seghirescam.imaging.volumes import Volume, write_volume
 
-__all__ = ["add_demo", "add_explain", "run_demo", "run_explain", "DEMO_CASE"]
+__all__ = ["add_demo", "add_explain", "add_point_radius_option", "run_demo", "run_explain", "DEMO_CASE"]
 
 DEMO_CASE = {"seed": 7, "shape": (48, 160, 160), "spacing": (2.2, 2.2, 4.0)}
-DEMO_LAYERS = ("bottleneck", "dec2")
+DEMO_EXTRA_LAYERS = ("dec2",)  # the demo shows the default layer and, beside it, a shallower one of the shipped model
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -27,12 +31,20 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", type=Path, help="model weights (.safetensors, .pt state dict, TorchScript); "
                         "default: the shipped kidney U-Net")
     parser.add_argument("--card", type=Path, help="model card JSON (default: <model>.card.json)")
-    parser.add_argument("--method", action="append", choices=sorted(METHODS), help="repeatable; default: "
-                        "seg-hires-grad-cam and seg-grad-cam")
-    parser.add_argument("--layer", action="append", help="repeatable; default: bottleneck (see the card's layers)")
+    add_method_option(parser, default=DEFAULT_METHODS)
+    parser.add_argument("--layer", action="append", help="repeatable; default: bottleneck, else the middle one of "
+                        "the card's layers")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
     parser.add_argument("--batch-size", default="auto", help="slices per batch, or auto")
-    parser.add_argument("--normalize", default="volume", choices=("volume", "slice", "none"))
+    parser.add_argument("--normalize", default=DEFAULT_NORMALIZATION, choices=list(NORMALIZATIONS),
+                        help=help_text(NORMALIZATIONS))
+
+
+def add_point_radius_option(parser: argparse.ArgumentParser) -> None:
+    """Add ``--point-radius`` (default ``DEFAULT_POINT_RADIUS``)."""
+    parser.add_argument("--point-radius", type=int, default=DEFAULT_POINT_RADIUS,
+                        help=f"in-plane disc radius (pixels) around a point, on its own slice; 0: the voxel alone "
+                        f"(default: {DEFAULT_POINT_RADIUS})")
 
 
 def add_demo(commands: argparse._SubParsersAction) -> None:
@@ -52,9 +64,10 @@ def add_explain(commands: argparse._SubParsersAction) -> None:
     which.add_argument("--segment", help="segment name (from --label-names, else the card's class names)")
     parser.add_argument("--label-names", type=Path, help="JSON {value: name} for the label file")
     parser.add_argument("--target-class", help="class name or index (default: from the segment's name)")
-    parser.add_argument("--pixel-set", default="segment", choices=("segment", "prediction", "point"))
+    parser.add_argument("--pixel-set", default="segment", choices=FILE_PIXEL_SETS,
+                        help=help_text(PIXEL_SETS, FILE_PIXEL_SETS))
     parser.add_argument("--point", help="I,J,K voxel index of the CT for --pixel-set point")
-    parser.add_argument("--point-radius", type=int, default=0, help="in-plane disc radius (pixels) around the point")
+    add_point_radius_option(parser)
     parser.add_argument("--format", default=".nrrd", choices=(".nrrd", ".nii.gz", ".mha"))
 
 
@@ -64,7 +77,7 @@ def _load(args: argparse.Namespace) -> LoadedModel:
 
 def _engine_options(args: argparse.Namespace) -> dict:
     batch = args.batch_size if args.batch_size == "auto" else int(args.batch_size)
-    return {"methods": tuple(args.method or ("seg-hires-grad-cam", "seg-grad-cam")), "device": args.device,
+    return {"methods": tuple(args.method or DEFAULT_METHODS), "device": args.device,
             "batch_size": batch, "normalize": args.normalize}
 
 
@@ -84,14 +97,14 @@ class _Bar:
             self.bar.close()
 
 
-def _explain_target(out: Path, ct: Volume, loaded: LoadedModel, target: str, c: int, mask: np.ndarray,
-                    segment: np.ndarray, layers, options: dict, extension: str = ".nrrd") -> dict:
+def _explain_target(out: Path, case: PreparedCase, loaded: LoadedModel, target: str, layers, options: dict,
+                    extension: str = ".nrrd") -> dict:
     bar = _Bar(f"explaining {target}")
     try:
-        result = explain_ct(ct, mask, loaded, c, layers=layers, progress=bar, **options)
+        result = explain_ct(case.ct, case.mask, loaded, case.target_class, layers=layers, progress=bar, **options)
     finally:
         bar.close()
-    return write_explanation(out, ct, result, mask, segment, target, extension=extension)
+    return write_case_outputs(out, case, result, target, extension=extension)
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -114,11 +127,13 @@ def run_demo(args: argparse.Namespace) -> int:
         mask, source = prediction == c, "the model's prediction"
         if not mask.any():
             mask, source = phantom.labels == c, "the reference label (the model predicted none)"
-        record = _explain_target(out, ct, loaded, target, c, mask, mask, args.layer or DEMO_LAYERS, options)
+        case = PreparedCase(ct, mask, mask, target, [c], c)
+        layers = args.layer or (*default_layers(loaded.card.layers), *DEMO_EXTRA_LAYERS)
+        record = _explain_target(out, case, loaded, target, layers, options)
         records.append({**record, "pixel_set": source})
     summary = {"case": {"phantom": DEMO_CASE, "tumor": True}, "model": str(loaded.path), "files": files,
                "targets": records, "seconds": round(time.perf_counter() - started, 2)}
-    _print_summary(write_json(out / "summary.json", summary), files, records)
+    _print_summary(write_json_atomic(out / "summary.json", summary), files, records)
     return 0
 
 
@@ -142,14 +157,12 @@ def run_explain(args: argparse.Namespace) -> int:
                         label_names=read_label_names(args.label_names) if args.label_names else None,
                         target_class=args.target_class, pixel_set=args.pixel_set, point=point,
                         point_radius=args.point_radius, device=args.device)
-    ct, mask, segment, c = case.ct, case.mask, case.segment, case.target_class
-    segment_name, values = case.segment_name, case.label_values
-    target = segment_name.replace(" ", "_")
-    record = _explain_target(args.out, ct, loaded, target, c, mask, segment, args.layer, _engine_options(args),
-                             extension=args.format)
-    summary = {"ct": str(args.ct), "seg": str(args.seg), "segment": segment_name, "label_values": values,
-               "target_class": loaded.card.classes[c], "pixel_set": args.pixel_set, "model": str(loaded.path),
-               "targets": [record], "seconds": round(time.perf_counter() - started, 2)}
-    _print_summary(write_json(args.out / "summary.json", summary), {}, [record])
+    target = case.segment_name.replace(" ", "_")
+    record = _explain_target(args.out, case, loaded, target, args.layer, _engine_options(args), extension=args.format)
+    summary = {"ct": str(args.ct), "seg": str(args.seg), "segment": case.segment_name,
+               "label_values": case.label_values, "target_class": loaded.card.classes[case.target_class],
+               "pixel_set": args.pixel_set, "model": str(loaded.path), "targets": [record],
+               "seconds": round(time.perf_counter() - started, 2)}
+    _print_summary(write_json_atomic(args.out / "summary.json", summary), {}, [record])
     return 0
 

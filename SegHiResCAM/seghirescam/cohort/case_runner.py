@@ -10,7 +10,7 @@ Arrays are in the CT's (k, j, i) order.
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 import logging
 import os
 import re
@@ -18,85 +18,48 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
-from seghirescam.ct.case_outputs import write_case_outputs
-from seghirescam.ct.cases import prepare_case
-from seghirescam.cam.engine import DEFAULT_METHODS
+from seghirescam.atomic import write_json_atomic
+from seghirescam.cohort.loop import process_one
 from seghirescam.cohort.manifest import CaseRow
-from seghirescam.models.loading import LoadedModel, card_path_for, default_model_path, load_model
-from seghirescam.ct.outputs import write_json
-from seghirescam.ct.pipeline import explain_ct
 from seghirescam.cohort.resume import RECORD_FORMAT, RECORD_NAME, case_key, read_record
+from seghirescam.cohort.settings import BatchSettings
+from seghirescam.ct.cases import prepare_case
+from seghirescam.ct.outputs import write_case_outputs
+from seghirescam.ct.pipeline import explain_ct
+from seghirescam.models.loading import LoadedModel, load_model
 
-__all__ = ["BatchSettings", "STAGING", "process_case", "record_failure"]
+__all__ = ["BatchJob", "STAGING", "process_case"]
 
 logger = logging.getLogger(__name__)
 
 STAGING = ".staging"
-_MODELS: dict[tuple[str, str, int], LoadedModel] = {}  # per process (each Dask worker loads a model once)
 
 
-@dataclass(frozen=True)
-class BatchSettings:
-    """Settings of a cohort run (picklable: they travel to Dask workers).
-
-    Attributes:
-        model, card: Weights file and card (None: the shipped default / ``<model>.card.json``).
-        methods, layers: What to explain (layers None: the deepest, usually "bottleneck").
-        device: "auto", "cpu", "cuda", "cuda:N" ("auto" on a Dask worker: its pinned GPU).
-        batch_size: Slices per batch or "auto".
-        normalize: "volume", "slice" or "none".
-        extension: Heatmap file format: ".nrrd", ".nii.gz" or ".mha".
-        map_dtype: "float32" or "float16" (maps held in memory; files are float32).
-        figure: Whether to write the PNG panel.
-        label_names: Label value -> name for segment names (None: the card's classes).
-        point_radius: In-plane disc radius (pixels) around a manifest point.
-        model_sha256: Digest of weights and card (filled in by ``run_batch``).
-    """
-
-    model: str | None = None
-    card: str | None = None
-    methods: tuple[str, ...] = DEFAULT_METHODS
-    layers: tuple[str, ...] | None = None
-    device: str = "auto"
-    batch_size: int | str = "auto"
-    normalize: str = "volume"
-    extension: str = ".nrrd"
-    map_dtype: str = "float32"
-    figure: bool = True
-    label_names: dict[int, str] | None = field(default=None, hash=False)
-    point_radius: int = 0
-    model_sha256: str = ""
-
-    def model_path(self) -> Path:
-        """The weights file (the shipped default when ``model`` is None)."""
-        return Path(self.model).resolve() if self.model else default_model_path()
-
-    def card_path(self) -> Path:
-        """The card file."""
-        return Path(self.card).resolve() if self.card else card_path_for(self.model_path())
-
-    def key_fields(self) -> dict:
-        """The settings that change the outputs: all but device and batch size (slices are
-        independent in eval mode, so neither changes what is computed)."""
-        data = dataclasses.asdict(self)
-        for name in ("device", "batch_size", "model", "card", "model_sha256"):
-            data.pop(name)
-        data["label_names"] = sorted((int(k), v) for k, v in (self.label_names or {}).items())
-        return data
+@functools.lru_cache(maxsize=1)
+def _process_model(path: str, card: str, modified_ns: int) -> LoadedModel:
+    """The model of this process's cases (a Dask worker loads it once; one model at a time is kept)."""
+    return load_model(path, card)
 
 
-def _model(settings: BatchSettings) -> LoadedModel:
-    path, card = settings.model_path(), settings.card_path()
-    cache_key = (str(path), str(card), path.stat().st_mtime_ns)
-    if cache_key not in _MODELS:
-        _MODELS[cache_key] = load_model(path, card)
-    return _MODELS[cache_key]
+class _SliceBar:
+    """A second tqdm bar over one case's slices, fed by the engine's progress callback."""
+
+    def __init__(self, case_id: str) -> None:
+        self.bar = tqdm(desc=case_id, unit="slice", leave=False, position=1)
+
+    def __call__(self, done: int, total: int) -> None:
+        self.bar.total = total
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def _base(row: CaseRow, settings: BatchSettings) -> dict:
@@ -106,9 +69,8 @@ def _base(row: CaseRow, settings: BatchSettings) -> dict:
             "model_sha256": settings.model_sha256, "settings": settings.key_fields()}
 
 
-def _explain(row: CaseRow, settings: BatchSettings, folder: Path, device: str,
+def _explain(row: CaseRow, settings: BatchSettings, loaded: LoadedModel, folder: Path, device: str,
              progress: Callable[[int, int], None] | None) -> dict:
-    loaded = _model(settings)
     case = prepare_case(row.ct, row.seg, loaded, label_values=row.label_values, segment_name=row.segment_name,
                         label_names=settings.label_names, target_class=row.target_class,
                         pixel_set="point" if row.point else "segment", point=row.point,
@@ -128,7 +90,7 @@ def _explain(row: CaseRow, settings: BatchSettings, folder: Path, device: str,
 
 def _publish(out: Path, case_id: str, folder: Path, record: dict) -> None:
     """Write the record last, then swap the staged folder in for ``OUT/<case_id>``."""
-    write_json(folder / RECORD_NAME, record)
+    write_json_atomic(folder / RECORD_NAME, record)
     final, old = out / case_id, out / STAGING / f"{case_id}-old-{uuid.uuid4().hex[:8]}"
     if final.exists():
         os.rename(final, old)
@@ -142,24 +104,79 @@ def _staging(out: Path, case_id: str) -> Path:
     return folder
 
 
-def record_failure(row: CaseRow, settings: BatchSettings, out: str | os.PathLike, error: BaseException,
-                   key: str | None = None, seconds: float = 0.0) -> dict:
-    """Publish a "failed" record (error type and message) as the case's only output.
+@dataclass(frozen=True)
+class BatchJob:
+    """A case of ``seghirescam batch`` (a ``loop.CaseJob``): explained into ``OUT/<case_id>/``.
 
-    Returns:
-        The record, with ``reused`` False.
+    Picklable when ``loaded`` is None: it travels to Dask workers, which load the model themselves.
+
+    Attributes:
+        settings: The run's settings.
+        out: The cohort's output folder.
+        loaded: The model, loaded once for the run; None: loaded once per process.
+        device: Overrides ``settings.device`` (a Dask worker's pinned GPU).
+        worker: Name of the Dask worker running the case (stored in the record).
+        slice_bars: Show a tqdm bar over each case's slices.
+        progress: Called as progress(done, total) over a case's slices (without ``slice_bars``).
     """
-    out = Path(out)
-    record = {**_base(row, settings), "status": "failed", "key": key, "device": None, "seconds": round(seconds, 3),
-              "error": {"type": type(error).__name__, "message": str(error)},
-              "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    _publish(out, row.case_id, _staging(out, row.case_id), record)
-    return {**record, "reused": False}
+
+    settings: BatchSettings
+    out: Path
+    loaded: LoadedModel | None = None
+    device: str | None = None
+    worker: str | None = None
+    slice_bars: bool = False
+    progress: Callable[[int, int], None] | None = None
+
+    def model(self) -> LoadedModel:
+        """The model: the run's, else this process's (loaded on first use)."""
+        if self.loaded is not None:
+            return self.loaded
+        path, card = self.settings.model_path(), self.settings.card_path()
+        return _process_model(str(path), str(card), path.stat().st_mtime_ns)
+
+    def key(self, row: CaseRow) -> str:
+        """The resume key (``resume.case_key``)."""
+        return case_key(row, self.settings)
+
+    def finished(self, row: CaseRow, key: str) -> dict | None:
+        """``OUT/<case_id>/case.json`` if it says "ok" with this key."""
+        previous = read_record(self.out / row.case_id)
+        return previous if previous and previous.get("status") == "ok" and previous.get("key") == key else None
+
+    def run(self, row: CaseRow, key: str, started: float) -> dict:
+        """Explain into a staged folder, write the record last, publish the folder; on any exception
+        (``KeyboardInterrupt`` included) the staged files are removed."""
+        folder = _staging(self.out, row.case_id)
+        bar = _SliceBar(row.case_id) if self.slice_bars else None
+        try:
+            details = _explain(row, self.settings, self.model(), folder, self.device or self.settings.device,
+                               bar or self.progress)
+            record = {**_base(row, self.settings), **details, "status": "ok", "key": key,
+                      "seconds": round(time.perf_counter() - started, 3), "worker": self.worker,
+                      "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+            _publish(self.out, row.case_id, folder, record)
+            return record
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def failed(self, row: CaseRow, error: BaseException, key: str | None, seconds: float) -> dict:
+        """Publish a "failed" record (error type and message) as the case's only output."""
+        record = {**_base(row, self.settings), "status": "failed", "key": key, "device": None,
+                  "seconds": round(seconds, 3), "error": {"type": type(error).__name__, "message": str(error)},
+                  "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        _publish(self.out, row.case_id, _staging(self.out, row.case_id), record)
+        return record
 
 
-def process_case(row: CaseRow, settings: BatchSettings, out: str | os.PathLike, *, device: str | None = None,
-                 progress: Callable[[int, int], None] | None = None, worker: str | None = None) -> dict:
-    """Explain one case into ``OUT/<case_id>/``, or skip it when it is already done.
+def process_case(row: CaseRow, settings: BatchSettings, out: str | os.PathLike, *, loaded: LoadedModel | None = None,
+                 device: str | None = None, progress: Callable[[int, int], None] | None = None,
+                 worker: str | None = None) -> dict:
+    """Explain one case into ``OUT/<case_id>/``, or skip it when it is already done (``loop.process_one``).
 
     Any ``Exception`` (unreadable file, grids that do not overlap, empty segment, NaNs, ...)
     becomes a published "failed" record; a ``KeyboardInterrupt`` removes the staged files
@@ -169,33 +186,12 @@ def process_case(row: CaseRow, settings: BatchSettings, out: str | os.PathLike, 
         row: The case.
         settings: The run's settings.
         out: The cohort's output folder.
-        device: Overrides ``settings.device`` (a Dask worker's pinned GPU).
+        loaded: The model (default: loaded from ``settings``, once per process).
+        device: Overrides ``settings.device``.
         progress: Called as progress(done, total) over the case's slices.
         worker: Name of the Dask worker running the case (stored in the record).
 
     Returns:
         The case's record (as written to ``case.json``) plus ``reused``: True if it was skipped.
     """
-    started, out, key, folder = time.perf_counter(), Path(out), None, None
-    try:
-        key = case_key(row, settings)
-        previous = read_record(out / row.case_id)
-        if previous and previous.get("status") == "ok" and previous.get("key") == key:
-            return {**previous, "reused": True}
-        folder = _staging(out, row.case_id)
-        details = _explain(row, settings, folder, device or settings.device, progress)
-        record = {**_base(row, settings), **details, "status": "ok", "key": key,
-                  "seconds": round(time.perf_counter() - started, 3), "worker": worker,
-                  "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-        _publish(out, row.case_id, folder, record)
-        return {**record, "reused": False}
-    except Exception as error:  # noqa: BLE001 - a case's failure is recorded and the cohort goes on
-        logger.warning("case %s failed: %s: %s", row.case_id, type(error).__name__, error,
-                       exc_info=logger.isEnabledFor(logging.DEBUG))
-        if folder is not None:
-            shutil.rmtree(folder, ignore_errors=True)
-        return record_failure(row, settings, out, error, key, time.perf_counter() - started)
-    except BaseException:
-        if folder is not None:
-            shutil.rmtree(folder, ignore_errors=True)
-        raise
+    return process_one(BatchJob(settings, Path(out), loaded, device, worker, progress=progress), row)

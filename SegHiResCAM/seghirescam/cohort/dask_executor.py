@@ -1,7 +1,8 @@
 """Cases as tasks on a Dask distributed cluster: an existing scheduler, or a local cluster.
 
-Each task is one case (``batch_case.process_case``); a worker process loads the model once
-and keeps it. Results are gathered as they complete. On a machine with GPUs, a worker asked
+Each task is one case (``loop.process_one`` of a ``case_runner.BatchJob``); a worker process
+loads the model once and keeps it. Results are gathered as they complete; the loop around them
+(``loop.run_cases``) is the local run's. On a machine with GPUs, a worker asked
 for device "auto" (or "cuda") uses ``cuda:<worker ordinal % GPUs visible>``, the ordinal taken
 from the worker's name (LocalCluster names workers 0, 1, ...; ``dask worker --name gpu-3`` gives
 3). A worker started with one visible GPU (``CUDA_VISIBLE_DEVICES``, as dask-cuda does) uses
@@ -10,16 +11,16 @@ from the worker's name (LocalCluster names workers 0, 1, ...; ``dask worker --na
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-import os
 import re
 import shutil
 import uuid
 import zlib
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Iterator, Sequence
 
-from seghirescam.cohort.case_runner import STAGING, BatchSettings, process_case, record_failure
+from seghirescam.cohort.case_runner import STAGING, BatchJob
+from seghirescam.cohort.loop import process_one
 from seghirescam.cohort.manifest import CaseRow
 
 __all__ = ["run_on_dask", "worker_device", "worker_ordinal", "dask_case"]
@@ -57,32 +58,36 @@ def worker_device(requested: str, worker_name: object, n_gpus: int | None = None
     return f"cuda:{worker_ordinal(worker_name) % n_gpus}"
 
 
-def dask_case(row: CaseRow, settings: BatchSettings, out: str) -> dict:
-    """The task: one case on the worker's pinned device (see ``process_case``)."""
+def dask_case(job: BatchJob, row: CaseRow) -> dict:
+    """The task: one case on the worker's pinned device (``loop.process_one``)."""
     from distributed import get_worker
 
     try:
         name = get_worker().name
     except ValueError:  # not on a worker (e.g. a synchronous scheduler in tests)
         name = 0
-    return process_case(row, settings, out, device=worker_device(settings.device, name), worker=str(name))
+    job = dataclasses.replace(job, device=worker_device(job.settings.device, name), worker=str(name))
+    return process_one(job, row)
 
 
-def run_on_dask(rows: Sequence[CaseRow], settings: BatchSettings, out: str | os.PathLike,
-                on_result: Callable[[dict], None], *, scheduler: str | None = None, workers: int | None = None) -> None:
-    """Run the cases as Dask tasks and call ``on_result(record)`` as each completes.
+def run_on_dask(rows: Sequence[CaseRow], job: BatchJob, *, scheduler: str | None = None,
+                workers: int | None = None) -> Iterator[tuple[CaseRow, dict | BaseException]]:
+    """An executor for ``loop.run_cases``: the cases as Dask tasks, yielded as each completes.
 
-    A task whose worker died is recorded as a failed case. On Ctrl-C the futures are
-    cancelled and, for a cluster started here, the cluster is closed and the staged files of
-    unfinished cases are removed.
+    A task whose worker died is yielded with its exception (the loop records the case as
+    failed). On Ctrl-C, or when the loop stops early, the futures are cancelled and, for a
+    cluster started here, the cluster is closed and the staged files of unfinished cases are
+    removed.
 
     Args:
         rows: The cases.
-        settings: The run's settings (the model path must be readable by every worker).
-        out: The output folder (shared by the workers and this process).
-        on_result: Called in this process with each case's record.
+        job: What a case does (its model path must be readable by every worker; ``job.loaded``
+            None: each worker loads the model once).
         scheduler: Address of a running scheduler, e.g. "tcp://10.0.0.5:8786".
         workers: Size of the local cluster when no scheduler is given (default 1).
+
+    Yields:
+        (row, record) as cases finish, or (row, exception) for a lost task.
 
     Raises:
         ImportError: If dask.distributed is not installed (``pip install "dask[distributed]"``).
@@ -100,23 +105,21 @@ def run_on_dask(rows: Sequence[CaseRow], settings: BatchSettings, out: str | os.
     futures = {}  # future -> its case
     try:
         for row in rows:
-            futures[client.submit(dask_case, row, settings, str(out), key=f"seghirescam-{row.case_id}-{run}",
-                                  pure=False)] = row
+            futures[client.submit(dask_case, job, row, key=f"seghirescam-{row.case_id}-{run}", pure=False)] = row
         for future in as_completed(list(futures)):
             row = futures[future]
             try:
-                record = future.result()
+                outcome = future.result()
             except Exception as error:  # noqa: BLE001 - a lost worker fails its case, not the run
-                logger.warning("case %s: its task failed on the cluster: %s", row.case_id, error)
-                record = record_failure(row, settings, out, error)
-            on_result(record)
-    except BaseException:
+                outcome = error
+            yield row, outcome
+    except BaseException:  # Ctrl-C, or the loop closed this generator early
         client.cancel(list(futures))
         if cluster is not None:
             client.close()
             cluster.close()
             client = cluster = None
-            shutil.rmtree(Path(out) / STAGING, ignore_errors=True)
+            shutil.rmtree(job.out / STAGING, ignore_errors=True)
         raise
     finally:
         if client is not None:

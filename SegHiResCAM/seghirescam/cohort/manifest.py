@@ -6,7 +6,8 @@ Columns (header required, order free):
 - ``ct``: CT file or DICOM folder; ``seg``: label file. Relative paths resolve against the
   manifest's folder.
 - ``segment``: label values (``1`` or ``1;2``) or a segment name (``kidney``).
-- ``point`` (optional): ``I;J;K`` voxel index of the CT; M is then that voxel alone.
+- ``point`` (optional): ``I;J;K`` voxel index of the CT; M is then the in-plane disc of
+  ``BatchSettings.point_radius`` pixels around it (``cam.pixel_sets.DEFAULT_POINT_RADIUS``).
 - ``target_class`` (optional): class name or index; default: from the segment's name.
 """
 

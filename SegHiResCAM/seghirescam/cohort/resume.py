@@ -7,18 +7,17 @@ or modification times, so moving or touching files does not redo a cohort, and e
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from seghirescam.cohort.manifest import CaseRow
+from seghirescam.cohort.settings import BatchSettings
 
-if TYPE_CHECKING:
-    from seghirescam.cohort.case_runner import BatchSettings
-
-__all__ = ["RECORD_FORMAT", "RECORD_NAME", "path_digest", "model_digest", "case_key", "read_record"]
+__all__ = ["RECORD_FORMAT", "RECORD_NAME", "path_digest", "model_digest", "with_model_digest", "case_key",
+           "read_record"]
 
 RECORD_FORMAT = "seghirescam-batch-case/1"
 RECORD_NAME = "case.json"
@@ -50,6 +49,17 @@ def model_digest(weights: str | os.PathLike, card: str | os.PathLike) -> str:
         FileNotFoundError: If either is missing.
     """
     return hashlib.sha256((path_digest(weights) + path_digest(card)).encode()).hexdigest()
+
+
+def with_model_digest(settings: BatchSettings) -> BatchSettings:
+    """The settings with the model and card as absolute paths and their digest (``model_sha256``),
+    computed once per run rather than once per case.
+
+    Raises:
+        FileNotFoundError: If the weights or the card are missing.
+    """
+    model, card = settings.model_path(), settings.card_path()
+    return dataclasses.replace(settings, model=str(model), card=str(card), model_sha256=model_digest(model, card))
 
 
 def case_key(row: CaseRow, settings: BatchSettings) -> str:

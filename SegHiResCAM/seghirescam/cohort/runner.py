@@ -1,30 +1,32 @@
 """Cohort runs: a manifest of cases in; per case heatmaps, panel and record; a summary CSV out.
 
-Resumable (finished cases are skipped by key, see ``batch_case``), failure-tolerant (a failing
+Resumable (finished cases are skipped by key, see ``resume``), failure-tolerant (a failing
 case is recorded and the run goes on) and interruptible (Ctrl-C cleans up and writes the
-summary of what finished). Cases run one after another here, or as tasks on a Dask cluster
-(``dask_executor``).
+summary of what finished): the rules of ``loop.run_cases``. Cases run one after another here,
+or as tasks on a Dask cluster (``dask_executor``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
-import dataclasses
+import functools
 import io
 import logging
 import os
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from seghirescam.cohort.case_runner import STAGING, BatchSettings, process_case
+from seghirescam.atomic import write_text_atomic
+from seghirescam.cohort.case_runner import STAGING, BatchJob
+from seghirescam.cohort.loop import run_cases, run_locally
 from seghirescam.cohort.manifest import CaseRow, read_manifest
-from seghirescam.cohort.resume import model_digest
+from seghirescam.cohort.resume import with_model_digest
+from seghirescam.cohort.settings import BatchSettings
 
 __all__ = ["run_batch", "BatchReport", "BatchSettings", "write_summary", "EXECUTORS", "SUMMARY_NAME"]
 
@@ -57,20 +59,6 @@ class BatchReport:
         return 1 if self.failed else 0
 
 
-class _SliceBar:
-    """A second tqdm bar over one case's slices, fed by the engine's progress callback."""
-
-    def __init__(self, case_id: str, enabled: bool) -> None:
-        self.bar = tqdm(desc=case_id, unit="slice", leave=False, position=1, disable=not enabled)
-
-    def __call__(self, done: int, total: int) -> None:
-        self.bar.total = total
-        self.bar.update(done - self.bar.n)
-
-    def close(self) -> None:
-        self.bar.close()
-
-
 def write_summary(out: str | os.PathLike, records: Sequence[dict]) -> Path:
     """Write ``OUT/summary.csv`` atomically: one row per case.
 
@@ -93,10 +81,7 @@ def write_summary(out: str | os.PathLike, records: Sequence[dict]) -> Path:
                          r.get("slices_explained", ""), r.get("device") or "", r.get("target_class_name", ""),
                          *(stats.get(name, {}).get("mass_inside_m", "") for name in maps),
                          f"{error['type']}: {error['message']}" if error else ""])
-    path, temporary = out / SUMMARY_NAME, out / f".{SUMMARY_NAME}.tmp"
-    temporary.write_text(buffer.getvalue(), encoding="utf-8")
-    os.replace(temporary, path)
-    return path
+    return write_text_atomic(out / SUMMARY_NAME, buffer.getvalue(), newline="")
 
 
 def _remove_empty_staging(out: Path) -> None:
@@ -107,21 +92,6 @@ def _remove_empty_staging(out: Path) -> None:
 def _clear_staging(out: Path) -> None:
     """Remove what an earlier, killed run left half-written (one run per output folder at a time)."""
     shutil.rmtree(out / STAGING, ignore_errors=True)
-
-
-def _execute(rows: Sequence[CaseRow], settings: BatchSettings, out: Path, on_result: Callable[[dict], None],
-             executor: str, scheduler: str | None, workers: int | None, progress: bool) -> None:
-    if executor == "dask":
-        from seghirescam.cohort.dask_executor import run_on_dask
-
-        run_on_dask(rows, settings, out, on_result, scheduler=scheduler, workers=workers)
-        return
-    for row in rows:
-        slices = _SliceBar(row.case_id, progress)
-        try:
-            on_result(process_case(row, settings, out, progress=slices))
-        finally:
-            slices.close()
 
 
 def run_batch(manifest: str | os.PathLike | Sequence[CaseRow], out: str | os.PathLike,
@@ -144,6 +114,7 @@ def run_batch(manifest: str | os.PathLike | Sequence[CaseRow], out: str | os.Pat
 
     Raises:
         FileNotFoundError: If the manifest or the model is missing (before any work).
+        CardError: If the model cannot be loaded (local executor: it is loaded once, before any case).
         ManifestError: For bad manifest rows (before any work).
         ValueError: For an unknown executor or conflicting options.
         KeyboardInterrupt: After cleaning up and writing the summary of the finished cases.
@@ -155,33 +126,29 @@ def run_batch(manifest: str | os.PathLike | Sequence[CaseRow], out: str | os.Pat
     if scheduler and workers:
         raise ValueError("give either --scheduler (an existing cluster) or --workers (a local one), not both")
     rows = read_manifest(manifest) if isinstance(manifest, (str, os.PathLike)) else list(manifest)
-    settings = dataclasses.replace(settings, model=str(settings.model_path()), card=str(settings.card_path()),
-                                   model_sha256=model_digest(settings.model_path(), settings.card_path()))
+    settings = with_model_digest(settings)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     _clear_staging(out)
+    if executor == "dask":
+        from seghirescam.cohort.dask_executor import run_on_dask
+
+        job = BatchJob(settings, out)  # each worker loads the model once
+        execute = functools.partial(run_on_dask, scheduler=scheduler, workers=workers)
+    else:
+        job = BatchJob(settings, out, settings.load_model(), slice_bars=progress)  # the model, once per run
+        execute = run_locally
     finished: dict[str, dict] = {}
-    bar = tqdm(total=len(rows), desc="cases", unit="case", position=0, disable=not progress)
-
-    def on_result(record: dict) -> None:
-        finished[record["case_id"]] = record
-        bar.update(1)
-        explained = sum(r.get("slices_explained", 0) for r in finished.values() if not r.get("reused"))
-        bar.set_postfix(slices=explained, failed=sum(r["status"] != "ok" for r in finished.values()), refresh=False)
-
-    order = [row.case_id for row in rows]
     try:
         with logging_redirect_tqdm():
-            _execute(rows, settings, out, on_result, executor, scheduler, workers, progress)
+            records = run_cases(rows, job, on_result=lambda r: finished.__setitem__(r["case_id"], r),
+                                execute=execute, progress=progress)
     except KeyboardInterrupt:
-        bar.close()
         _remove_empty_staging(out)
-        summary = write_summary(out, [finished[c] for c in order if c in finished])
+        summary = write_summary(out, [finished[row.case_id] for row in rows if row.case_id in finished])
         logger.warning("interrupted: %d of %d cases finished; summary in %s", len(finished), len(rows), summary)
         raise
-    bar.close()
     _remove_empty_staging(out)
-    records = [finished[c] for c in order]
     report = BatchReport(records, write_summary(out, records))
     logger.info("%d cases: %d ok, %d failed", len(records), len(records) - len(report.failed), len(report.failed))
     return report

@@ -18,12 +18,12 @@ import numpy as np
 
 from seghirescam.models.loading import LoadedModel
 from seghirescam.ct.pipeline import predict_ct
-from seghirescam.cam.pixel_sets import pixel_set_from_points
+from seghirescam.cam.pixel_sets import DEFAULT_POINT_RADIUS, FILE_PIXEL_SETS, pixel_set_from_points
 from seghirescam.imaging.volumes import Volume, axial_axis, read_volume, resample_labels_onto
 
-__all__ = ["PreparedCase", "PIXEL_SETS", "prepare_case", "read_label_names", "resolve_segment", "resolve_target_class"]
+__all__ = ["PreparedCase", "PIXEL_SETS", "prepare_case", "read_label_names", "resolve_segment"]
 
-PIXEL_SETS = ("segment", "prediction", "point")
+PIXEL_SETS = FILE_PIXEL_SETS  # the pixel sets of a case given as files (``seghirescam.cam.vocabulary``)
 
 
 @dataclass
@@ -86,23 +86,11 @@ def resolve_segment(names: dict[int, str], values: Sequence[int] | None = None,
     return values, names.get(values[0], f"label {values[0]}")
 
 
-def resolve_target_class(loaded: LoadedModel, target_class: str | int | None, segment_name: str) -> int:
-    """The class index: given as an index or class name, else read from the segment's name.
-
-    Raises:
-        ValueError: If the name matches no class (the message lists the classes).
-    """
-    if target_class is None:
-        return loaded.card.class_for_segment(segment_name)
-    if isinstance(target_class, int) or str(target_class).isdigit():
-        return int(target_class)
-    return loaded.card.class_for_segment(str(target_class))
-
-
 def prepare_case(ct_path: str | os.PathLike, seg_path: str | os.PathLike, loaded: LoadedModel, *,
                  label_values: Sequence[int] | None = None, segment_name: str | None = None,
                  label_names: dict[int, str] | None = None, target_class: str | int | None = None,
-                 pixel_set: str = "segment", point: Sequence[int] | None = None, point_radius: int = 0,
+                 pixel_set: str = "segment", point: Sequence[int] | None = None,
+                 point_radius: int = DEFAULT_POINT_RADIUS,
                  device: str = "auto") -> PreparedCase:
     """Read a CT and its label file and build everything an explanation needs.
 
@@ -112,10 +100,11 @@ def prepare_case(ct_path: str | os.PathLike, seg_path: str | os.PathLike, loaded
         loaded: The model (its card names the classes and the segment-to-class rule).
         label_values, segment_name: The segment, as label values or as a name (one of the two).
         label_names: Label value -> name (default: the card's classes, value c = class c).
-        target_class: Class index or name (default: from the segment's name).
+        target_class: Class index or name (default: from the segment's name); see
+            ``ModelCard.resolve_target_class``.
         pixel_set: "segment", "prediction" (the model's own argmax of the class) or "point".
         point: (i, j, k) voxel index of the CT, for pixel set "point".
-        point_radius: In-plane disc radius (pixels) around the point.
+        point_radius: In-plane disc radius (pixels) around the point (``DEFAULT_POINT_RADIUS``).
         device: Device for pixel set "prediction".
 
     Returns:
@@ -137,7 +126,7 @@ def prepare_case(ct_path: str | os.PathLike, seg_path: str | os.PathLike, loaded
     del labels
     if not segment.any():
         raise ValueError(f"the segment {name!r} (label {values}) is empty on the CT's grid")
-    c = resolve_target_class(loaded, target_class, name)
+    c = loaded.card.resolve_target_class(target_class, name)
     if pixel_set == "segment":
         mask = segment
     elif pixel_set == "prediction":

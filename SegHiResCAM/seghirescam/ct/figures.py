@@ -10,15 +10,15 @@ import os
 from pathlib import Path
 
 import matplotlib
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from seghirescam.atomic import atomic_path
+from seghirescam.cam.method_info import display_name
 
-__all__ = ["panel_slices", "write_panel", "PRETTY_METHOD"]
+__all__ = ["panel_slices", "write_panel", "panel_column_title"]
 
-PRETTY_METHOD = {"seg-grad-cam": "Seg-Grad CAM", "seg-hires-grad-cam": "Seg-HiRes-Grad CAM",
-                 "seg-xres-cam": "Seg-XRes CAM"}
 CT_WINDOW = (-160.0, 240.0)
 
 
@@ -47,10 +47,23 @@ def panel_slices(segment: np.ndarray, around: int = 2, step: int | None = None) 
     return sorted(chosen)
 
 
+def panel_column_title(method: str, layer: str) -> str:
+    """A panel column's title: the method's display name from the registry (its key if unregistered), then the layer.
+
+    Args:
+        method: A method key, e.g. "seg-hires-grad-cam".
+        layer: The explained layer.
+
+    Returns:
+        E.g. "Seg-HiRes-Grad CAM\nbottleneck".
+    """
+    return f"{display_name(method)}\n{layer}"
+
+
 def _heat_rgba(heat: np.ndarray) -> np.ndarray:
     """Inferno colours whose opacity rises with the value, so weak evidence stays see-through."""
     heat = np.clip(np.nan_to_num(heat.astype(np.float32)), 0, 1)
-    rgba = plt.get_cmap("inferno")(heat)
+    rgba = matplotlib.colormaps["inferno"](heat)
     rgba[..., 3] = np.clip(heat * 1.6, 0, 0.85) * (heat >= 0.02)
     return rgba
 
@@ -75,8 +88,9 @@ def write_panel(path: str | os.PathLike, ct: np.ndarray, segment: np.ndarray, ma
     """
     path = Path(path)
     columns = ["CT", "segment", "M (pixel set)", *maps]
-    fig, axes = plt.subplots(len(slices), len(columns), figsize=(2.3 * len(columns), 2.3 * len(slices) + 0.6),
-                             squeeze=False)
+    fig = Figure(figsize=(2.3 * len(columns), 2.3 * len(slices) + 0.6))  # no pyplot: no global backend
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(slices), len(columns), squeeze=False)
     for row, s in enumerate(slices):
         for col, name in enumerate(columns):
             ax = axes[row, col]
@@ -98,8 +112,6 @@ def write_panel(path: str | os.PathLike, ct: np.ndarray, segment: np.ndarray, ma
     fig.suptitle(title + "\n(axial, anterior up, patient's right on the image left; cyan: segment outline)",
                  fontsize=9)
     fig.tight_layout()
-    temporary = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(temporary, dpi=90)
-    plt.close(fig)
-    os.replace(temporary, path)
+    with atomic_path(path) as temporary:
+        fig.savefig(temporary, dpi=90)
     return path

@@ -1,71 +1,101 @@
-"""Writing a case's results: heatmaps with the CT's geometry, the panel PNG, a JSON record."""
+"""Writing a case's results: the panel PNG, heatmaps with the CT's geometry, and their record.
+
+The one writer of ``seghirescam explain``, ``demo``, ``batch`` and the cohort script. Arrays are
+in the CT's (k, j, i) order. Memory stays bounded at KiTS size (512 x 512 x 600, where one float32
+map is 630 MB): the panel is drawn first, then one map at a time is taken out of the result,
+measured without a copy, written and dropped. Every file is written atomically.
+"""
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import numpy as np
 
-from seghirescam.ct.figures import PRETTY_METHOD, panel_slices, write_panel
 from seghirescam.cam.result import ExplanationResult
+from seghirescam.ct.cases import PreparedCase
+from seghirescam.ct.figures import panel_column_title, panel_slices, write_panel
 from seghirescam.imaging.volumes import SliceOrientation, Volume, write_volume
 
-__all__ = ["write_explanation", "write_json", "map_statistics"]
-
-
-def write_json(path: str | os.PathLike, data: dict) -> Path:
-    """Write JSON atomically (temporary name, then rename)."""
-    path = Path(path)
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
-    os.replace(temporary, path)
-    return path
+__all__ = ["write_case_outputs", "map_statistics"]
 
 
 def map_statistics(heat: np.ndarray, mask: np.ndarray) -> dict[str, float]:
-    """Share of the map's mass inside M, and its mean inside and outside M (on explained slices)."""
+    """Share of the map's mass inside M, its mean inside and outside M, and its max; without copying the map.
+
+    Sums run in float64; only M's voxels are gathered.
+
+    Args:
+        heat: A map, any float dtype, the mask's shape.
+        mask: The pixel set M, bool.
+
+    Returns:
+        mass_inside_m (share of the map's mass inside M), mean_inside_m, mean_outside_m, max.
+    """
     total = float(heat.sum(dtype=np.float64))
     inside = float(heat[mask].sum(dtype=np.float64))
+    n_inside = int(np.count_nonzero(mask))
+    n_outside = heat.size - n_inside
     return {"mass_inside_m": round(inside / total, 4) if total > 0 else 0.0,
-            "mean_inside_m": round(float(heat[mask].mean()), 5) if mask.any() else 0.0,
-            "mean_outside_m": round(float(heat[~mask].mean()), 5) if (~mask).any() else 0.0,
+            "mean_inside_m": round(inside / n_inside, 5) if n_inside else 0.0,
+            "mean_outside_m": round((total - inside) / n_outside, 5) if n_outside else 0.0,
             "max": round(float(heat.max()), 5)}
 
 
-def write_explanation(out_dir: str | os.PathLike, ct: Volume, result: ExplanationResult, mask: np.ndarray,
-                      segment: np.ndarray, target: str, *, extension: str = ".nrrd", figure: bool = True) -> dict:
-    """Write one target's heatmaps (CT geometry), its panel and return its JSON record.
+def _write_panel(folder: Path, case: PreparedCase, maps: dict, target: str) -> Path:
+    """The PNG panel: CT, segment (M where the segment is empty), M, then each map; a few slices of each."""
+    orientation = SliceOrientation.from_geometry(case.ct.geometry)
+    shown = case.segment if case.segment.any() else case.mask
+    seg_s, mask_s = orientation.to_slices(shown), orientation.to_slices(case.mask)
+    spacing = orientation.slice_spacing(case.ct.geometry)
+    columns = {panel_column_title(method, layer): orientation.to_slices(heat)
+               for (method, layer), heat in sorted(maps.items(), key=lambda kv: (kv[0][1], kv[0][0]))}
+    return write_panel(folder / f"{target}_panel.png", orientation.to_slices(case.ct.array), seg_s, mask_s, columns,
+                       panel_slices(seg_s), title=f"target: {target}", aspect=spacing[1] / spacing[2])
+
+
+def _as_float32(heat: np.ndarray) -> np.ndarray:
+    """A float32 map; from float16, copied slab by slab, so all-zero slabs cost no memory pages."""
+    if heat.dtype == np.float32:
+        return heat
+    converted = np.zeros(heat.shape, np.float32)
+    for index in np.flatnonzero(heat.reshape(len(heat), -1).any(axis=1)):
+        converted[index] = heat[index]
+    return converted
+
+
+def write_case_outputs(folder: str | os.PathLike, case: PreparedCase, result: ExplanationResult, target: str, *,
+                       extension: str = ".nrrd", figure: bool = True) -> dict:
+    """Panel, heatmaps (float32 files with the CT's geometry) and their statistics, bounded in memory.
+
+    Files: ``<target>_panel.png`` and one ``<target>_<method>_<layer><extension>`` per map.
+    Writing holds at most one extra copy of one map (630 MB at 512 x 512 x 600). Both inputs
+    are consumed: ``result.maps`` is emptied, and ``case.ct`` keeps only its geometry once the
+    panel is drawn (its voxels are freed unless the caller holds them elsewhere).
 
     Args:
-        out_dir: Folder (created if needed).
-        ct: The CT the maps explain.
-        result: Maps in the CT's (k, j, i) order (``pipeline.explain_ct``).
-        mask: The pixel set M, bool (k, j, i).
-        segment: The segment shown in the panel, bool (k, j, i).
-        target: Name used in file names, e.g. "kidney".
+        folder: Where to write (created if needed).
+        case: The case the maps explain (CT, segment and M, (k, j, i)).
+        result: Maps in the CT's (k, j, i) order, float32 or float16 (``pipeline.explain_ct``).
+        target: Name used in the file names, e.g. "kidney".
         extension: ".nrrd", ".nii.gz" or ".mha".
         figure: Whether to write the PNG panel.
 
     Returns:
-        A record: files written, run metadata and per-map statistics.
+        The record: target, files written ({"panel" | "<method>@<layer>": path}), map statistics
+        ({"<method>@<layer>": ``map_statistics``}) and ``result.summary()``.
     """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    files, stats = {}, {}
-    for (method, layer), heat in result.maps.items():
-        name = f"{method}@{layer}"
-        files[name] = str(write_volume(Volume(heat, ct.geometry), out_dir / f"{target}_{method}_{layer}{extension}"))
-        stats[name] = map_statistics(heat, mask)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    record = {"target": target, "files": {}, "map_statistics": {}, **result.summary()}
     if figure:
-        orientation = SliceOrientation.from_geometry(ct.geometry)
-        shown = segment if segment.any() else mask
-        seg_s, mask_s = orientation.to_slices(shown), orientation.to_slices(mask)
-        spacing = orientation.slice_spacing(ct.geometry)
-        columns = {f"{PRETTY_METHOD.get(method, method)}\n{layer}": orientation.to_slices(heat)
-                   for (method, layer), heat in sorted(result.maps.items(), key=lambda kv: (kv[0][1], kv[0][0]))}
-        files["panel"] = str(write_panel(out_dir / f"{target}_panel.png", orientation.to_slices(ct.array), seg_s,
-                                         mask_s, columns, panel_slices(seg_s), title=f"target: {target}",
-                                         aspect=spacing[1] / spacing[2]))
-    return {"target": target, "files": files, "map_statistics": stats, **result.summary()}
+        record["files"]["panel"] = str(_write_panel(folder, case, result.maps, target))
+    case.ct = Volume(np.empty((0, 0, 0), case.ct.array.dtype), case.ct.geometry)  # voxels no longer needed
+    for method, layer in list(result.maps):
+        heat = _as_float32(result.maps.pop((method, layer)))  # SimpleITK writes no float16
+        record["map_statistics"][f"{method}@{layer}"] = map_statistics(heat, case.mask)
+        path = write_volume(Volume(heat, case.ct.geometry), folder / f"{target}_{method}_{layer}{extension}")
+        record["files"][f"{method}@{layer}"] = str(path)
+        del heat
+    return record

@@ -13,22 +13,14 @@ import numpy as np
 
 from seghirescam.cam.engine import DEFAULT_METHODS, explain_volume
 from seghirescam.cam.inference import predict_volume
+from seghirescam.cam.layers import default_layers
+from seghirescam.cam.vocabulary import DEFAULT_NORMALIZATION
 from seghirescam.cam.methods import CAMMethod
 from seghirescam.models.loading import LoadedModel
 from seghirescam.cam.result import ExplanationResult
 from seghirescam.imaging.volumes import SliceOrientation, Volume
 
-__all__ = ["explain_ct", "predict_ct", "default_layers"]
-
-
-def default_layers(loaded: LoadedModel) -> tuple[str, ...]:
-    """The deepest explainable layer: "bottleneck" when the model has one."""
-    layers = loaded.card.layers
-    if "bottleneck" in layers:
-        return ("bottleneck",)
-    if not layers:
-        raise ValueError("the model card lists no explainable layers; pass layers explicitly")
-    return (layers[len(layers) // 2],)
+__all__ = ["explain_ct", "predict_ct"]
 
 
 def predict_ct(ct: Volume, loaded: LoadedModel, *, device: str = "auto",
@@ -42,7 +34,7 @@ def predict_ct(ct: Volume, loaded: LoadedModel, *, device: str = "auto",
 
 def explain_ct(ct: Volume, mask: np.ndarray, loaded: LoadedModel, target_class: int, *,
                layers: Sequence[str] | None = None, methods: Sequence[str | CAMMethod] = DEFAULT_METHODS,
-               device: str = "auto", batch_size: int | str = "auto", normalize: str = "volume",
+               device: str = "auto", batch_size: int | str = "auto", normalize: str = DEFAULT_NORMALIZATION,
                progress: Callable[[int, int], None] | None = None, cancel: Callable[[], bool] | None = None,
                map_dtype: np.dtype | type = np.float32) -> ExplanationResult:
     """Explain a CT slice by slice along its axial axis, whatever its direction matrix.
@@ -52,7 +44,7 @@ def explain_ct(ct: Volume, mask: np.ndarray, loaded: LoadedModel, target_class: 
         mask: Pixel set M, bool (k, j, i) on the CT's grid.
         loaded: Model and card (the card gives preprocessing and the size policy).
         target_class: Class c.
-        layers: Layers to explain (default: the deepest, see ``default_layers``).
+        layers: Layers to explain (default: ``cam.layers.default_layers`` of the card's layers).
         methods, device, batch_size, normalize, progress, cancel, map_dtype: As for
             ``explain_volume``.
 
@@ -67,7 +59,7 @@ def explain_ct(ct: Volume, mask: np.ndarray, loaded: LoadedModel, target_class: 
         raise ValueError(f"the pixel set has shape {mask.shape} but the CT has {ct.array.shape}")
     orientation = SliceOrientation.from_geometry(ct.geometry)
     result = explain_volume(loaded.model, orientation.to_slices(ct.array), orientation.to_slices(mask), target_class,
-                            layers=tuple(layers or default_layers(loaded)), methods=methods, axis=0,
+                            layers=tuple(layers or default_layers(loaded.card.layers)), methods=methods, axis=0,
                             batch_size=batch_size, device=device, normalize=normalize,
                             preprocess=loaded.card.preprocess, pad_to_multiple=loaded.card.size_multiple,
                             progress=progress, cancel=cancel, map_dtype=map_dtype)

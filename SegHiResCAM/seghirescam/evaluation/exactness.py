@@ -13,11 +13,11 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from seghirescam.cam.capture import evaluation_mode
 from seghirescam.cam.engine import explain_slices
+from seghirescam.cam.padding import pad_slices, size_multiple
 from seghirescam.cam.methods import CAMMethod
 from seghirescam.models.unet import head_input_layers
 
@@ -37,10 +37,7 @@ def head_bias(model: nn.Module) -> torch.Tensor | None:
 
 def _padded_logits(model: nn.Module, x: torch.Tensor, m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits of x padded like the engine pads it (replicate, bottom/right), and M padded with False."""
-    multiple = int(getattr(model, "size_multiple", 1))
-    pad_h, pad_w = -x.shape[-2] % multiple, -x.shape[-1] % multiple
-    xp = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate") if pad_h or pad_w else x
-    mp = F.pad(m, (0, pad_w, 0, pad_h), value=False) if pad_h or pad_w else m
+    xp, mp = pad_slices(x, size_multiple(model), m)
     with evaluation_mode(model), torch.no_grad():
         return model(xp).float(), mp
 

@@ -29,7 +29,7 @@ from seghirescam.cam.capture import evaluation_mode
 from seghirescam.cam.inference import predict_slices
 
 __all__ = ["inference_copy", "rank_positions", "blur_fill", "tissue_mean_fill", "score_slices", "Curves",
-           "perturbation_curves", "normalise_curves", "curve_auc", "uniform_fractions"]
+           "perturbation_curves", "normalize_curves", "curve_auc", "uniform_fractions"]
 
 MODES = ("deletion", "insertion")
 
@@ -226,7 +226,7 @@ def perturbation_curves(model: nn.Module, x: torch.Tensor, m: np.ndarray, zone: 
     return Curves(mode, fractions, score, dice, original, filled)
 
 
-def normalise_curves(curves: Curves) -> tuple[np.ndarray, np.ndarray]:
+def normalize_curves(curves: Curves) -> tuple[np.ndarray, np.ndarray]:
     """(y - y_100%) / (y_0 - y_100%) and which slices may be normalised.
 
     Returns:

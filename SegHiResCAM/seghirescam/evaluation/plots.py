@@ -6,35 +6,59 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from seghirescam.atomic import atomic_path
+from seghirescam.evaluation.labels import is_reference, legend_label, ordered_methods, ordered_series, series_styles
 
-__all__ = ["plot_curves", "plot_sanity"]
+__all__ = ["plot_curves", "plot_sanity", "curves_figure", "sanity_figure", "legend_texts"]
 
-_STYLE = {"seg-hires-grad-cam": ("Seg-HiRes-Grad CAM", "tab:red", "-"),
-          "seg-grad-cam": ("Seg-Grad CAM", "tab:blue", "-"), "seg-xres-cam": ("Seg-XRes CAM", "tab:green", "-"),
-          "random": ("random map", "0.5", ":"), "M": ("M itself", "black", "--"),
-          "centre-distance": ("centre distance", "tab:purple", "-.")}
 _PANELS = (("blur", "deletion"), ("blur", "insertion"), ("mean", "deletion"), ("mean", "insertion"))
+_NO_LAYER = "-"  # the layer of a reference map (runner.NO_LAYER)
 
 
-def _save(fig: plt.Figure, path: Path) -> Path:
-    temporary = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(temporary, dpi=80)
-    plt.close(fig)
-    os.replace(temporary, path)
+def _new_figure(figsize: tuple[float, float]) -> Figure:
+    """A figure drawn by Agg without pyplot, so no global matplotlib backend is selected or needed."""
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    with atomic_path(path) as temporary:
+        fig.savefig(temporary, dpi=80)
     return path
+
+
+def legend_texts(fig: Figure) -> list[str]:
+    """Returns: the texts of the figure-level legends, in order (what a reader sees under the panels)."""
+    return [text.get_text() for legend in fig.legends for text in legend.get_texts()]
 
 
 def plot_curves(path: str | os.PathLike, curves: dict[tuple[str, str, str, str, str], np.ndarray],
                 fractions: np.ndarray, layer: str, groups: Sequence[str], *, title: str = "") -> Path:
-    """Mean normalised curves: one row per group, columns deletion/insertion x blur/tissue-mean fill.
+    """Write ``curves_figure`` as a PNG (atomically).
 
     Args:
-        path: The PNG to write (atomically).
+        path: The PNG to write.
+        curves, fractions, layer, groups, title: As for ``curves_figure``.
+
+    Returns:
+        The path written.
+    """
+    return _save(curves_figure(curves, fractions, layer, groups, title=title), Path(path))
+
+
+def curves_figure(curves: dict[tuple[str, str, str, str, str], np.ndarray], fractions: np.ndarray, layer: str,
+                  groups: Sequence[str], *, title: str = "") -> Figure:
+    """Mean normalised curves: one row per group, columns deletion/insertion x blur/tissue-mean fill.
+
+    Every CAM method found in ``curves`` is drawn (registered ones with their registered label and
+    style), then the references.
+
+    Args:
         curves: {(group, method, layer, fill, mode): (n, F) normalised curves}; references have layer "-".
         fractions: (F,) the x axis.
         layer: The CAM layer drawn (references are drawn in every panel).
@@ -42,20 +66,22 @@ def plot_curves(path: str | os.PathLike, curves: dict[tuple[str, str, str, str, 
         title: Figure title.
 
     Returns:
-        The path written.
+        The figure (Agg canvas, no pyplot).
     """
-    path = Path(path)
-    fig, axes = plt.subplots(len(groups), len(_PANELS), figsize=(3.1 * len(_PANELS), 2.5 * len(groups) + 0.7),
-                             squeeze=False, sharex=True, sharey=True)
+    series = ordered_series(key[1] for key in curves)
+    styles = series_styles(series)
+    fig = _new_figure((3.1 * len(_PANELS), 2.5 * len(groups) + 0.7))
+    axes = fig.subplots(len(groups), len(_PANELS), squeeze=False, sharex=True, sharey=True)
     for row, group in enumerate(groups):
         for col, (fill, mode) in enumerate(_PANELS):
             ax = axes[row, col]
-            for method, (label, colour, dash) in _STYLE.items():
-                stack = curves.get((group, method, layer if method.startswith("seg-") else "-", fill, mode))
+            for method in series:
+                reference = is_reference(method)
+                stack = curves.get((group, method, _NO_LAYER if reference else layer, fill, mode))
                 if stack is None or not len(stack):
                     continue
-                ax.plot(100 * fractions, np.nanmean(stack, 0), dash, color=colour, label=label,
-                        lw=1.6 if method.startswith("seg-") else 1.1)
+                ax.plot(100 * fractions, np.nanmean(stack, 0), label=legend_label(method),
+                        lw=1.1 if reference else 1.6, **styles[method].matplotlib_kwargs())
             if not ax.lines:
                 ax.text(0.5, 0.5, "no slice with y_0 > y_100%", ha="center", transform=ax.transAxes, fontsize=8)
             ax.axhline(0, color="0.85", lw=0.6)
@@ -75,28 +101,44 @@ def plot_curves(path: str | os.PathLike, curves: dict[tuple[str, str, str, str, 
     fig.suptitle(title or f"Deletion / insertion at {layer}: mean of (y_M - y_100%) / (y_0 - y_100%) over slices",
                  fontsize=10)
     fig.tight_layout(rect=(0.02, 0.05, 1, 1))
-    return _save(fig, path)
+    return fig
 
 
 def plot_sanity(path: str | os.PathLike, sanity: dict[tuple[str, str, str], dict[str, list[float]]],
                 stages: Sequence[str], layers: Sequence[str], *, title: str = "") -> Path:
-    """Mean Spearman with the original map after each cumulative randomisation stage, one panel per layer.
+    """Write ``sanity_figure`` as a PNG (atomically).
 
     Args:
         path: The PNG to write.
+        sanity, stages, layers, title: As for ``sanity_figure``.
+
+    Returns:
+        The path written.
+    """
+    return _save(sanity_figure(sanity, stages, layers, title=title), Path(path))
+
+
+def sanity_figure(sanity: dict[tuple[str, str, str], dict[str, list[float]]], stages: Sequence[str],
+                  layers: Sequence[str], *, title: str = "") -> Figure:
+    """Mean Spearman with the original map after each cumulative randomisation stage, one panel per layer.
+
+    Args:
         sanity: {(method, layer, pixels): {stage: per-slice Spearman values}}, pixels "support" (drawn
-            solid) or "all" (dashed).
+            solid) or "all" (dashed). Every CAM method found is drawn.
         stages: The cascade's stage names, head first.
         layers: One panel each.
         title: Figure title.
 
     Returns:
-        The path written.
+        The figure (Agg canvas, no pyplot).
     """
-    path = Path(path)
-    fig, axes = plt.subplots(1, len(layers), figsize=(3.6 * len(layers), 3.9), squeeze=False, sharey=True)
+    methods = ordered_methods(key[0] for key in sanity)
+    styles = series_styles(methods)
+    fig = _new_figure((3.6 * len(layers), 3.9))
+    axes = fig.subplots(1, len(layers), squeeze=False, sharey=True)
     for ax, layer in zip(axes[0], layers):
-        for method, (label, colour, _) in _STYLE.items():
+        for method in methods:
+            label, colour = legend_label(method), styles[method].colour
             for pixels, dash in (("support", "-"), ("all", "--")):
                 per_stage = sanity.get((method, layer, pixels))
                 if per_stage is None:
@@ -110,9 +152,11 @@ def plot_sanity(path: str | os.PathLike, sanity: dict[tuple[str, str, str], dict
         ax.set_title(f"maps at {layer}", fontsize=9)
         ax.grid(alpha=0.3)
     axes[0, 0].set_ylabel("Spearman ρ with the original map", fontsize=8)
-    handles, labels = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=7, frameon=False)
+    legend = {}  # every panel's entries, so a method drawn only at some layers is still named
+    for ax in axes.ravel():
+        legend.update(zip(*reversed(ax.get_legend_handles_labels())))
+    fig.legend(list(legend.values()), list(legend), loc="lower center", ncol=3, fontsize=7, frameon=False)
     fig.suptitle(title or "Cascading randomisation (weights re-initialised from the head down, cumulative)",
                  fontsize=10)
     fig.tight_layout(rect=(0, 0.14, 1, 1))
-    return _save(fig, path)
+    return fig

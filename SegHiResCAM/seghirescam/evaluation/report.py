@@ -13,6 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
+from seghirescam.atomic import atomic_path
+from seghirescam.evaluation.labels import BASELINE, is_reference, ordered_methods, table_label
+
 __all__ = ["summarise", "compare", "write_csv", "markdown_report", "HIGHER_IS_BETTER", "TIE_TOLERANCE"]
 
 TIE_TOLERANCE = 0.01
@@ -24,9 +27,6 @@ HIGHER_IS_BETTER = {
     "spearman_head": False, "spearman_layer": False, "spearman_all": False, "spearman_head_support": False,
     "spearman_layer_support": False, "spearman_all_support": False, "exactness_rel_error": False,
 }
-HIRES, OTHERS = "seg-hires-grad-cam", ("seg-grad-cam", "seg-xres-cam")
-PRETTY = {"seg-hires-grad-cam": "Seg-HiRes", "seg-grad-cam": "Seg-Grad", "seg-xres-cam": "Seg-XRes",
-          "random": "ref: random", "M": "ref: M itself", "centre-distance": "ref: centre distance"}
 
 
 def summarise(rows: Iterable[dict]) -> list[dict]:
@@ -44,25 +44,37 @@ def summarise(rows: Iterable[dict]) -> list[dict]:
     return summary
 
 
-def compare(rows: Iterable[dict], collapsed: Sequence[str] = ()) -> list[dict]:
-    """Per-slice better / tie / worse counts of Seg-HiRes against each other method.
+def compare(rows: Iterable[dict], collapsed: Sequence[str] = (), baseline: str = BASELINE) -> list[dict]:
+    """Per-slice better / tie / worse counts of the baseline (Seg-HiRes) against every other CAM method present.
 
     Pairs are the same target, slice, layer and metric; a difference within ``TIE_TOLERANCE`` is a
-    tie; "better" follows ``HIGHER_IS_BETTER``. Collapsed layers are marked and not counted.
+    tie; "better" follows ``HIGHER_IS_BETTER``. Collapsed layers are marked and not counted. The
+    other methods are all CAM methods found in ``rows`` (registered or not; references excluded),
+    registered ones in registration order.
+
+    Args:
+        rows: Per-slice rows.
+        collapsed: Layers whose maps are the logit map.
+        baseline: The method counted against the others.
 
     Returns:
-        Dicts: group, layer, metric, other, better, tie, worse, collapsed.
+        Dicts: group, layer, metric, other, better, tie, worse, collapsed; none if the baseline was not run.
     """
+    rows = list(rows)
+    methods = ordered_methods(row["method"] for row in rows)
+    if baseline not in methods:
+        return []
+    others = [method for method in methods if method != baseline]
     paired: dict[tuple, dict[str, float]] = defaultdict(dict)
     for row in rows:
-        if row["metric"] in HIGHER_IS_BETTER and row["method"] in (HIRES, *OTHERS):
+        if row["metric"] in HIGHER_IS_BETTER and not is_reference(row["method"]):
             key = (row["group"], row["layer"], row["metric"], row["target"], row["slice"])
             paired[key][row["method"]] = row["value"]
     counts: dict[tuple, list[int]] = {}
     for (group, layer, metric, _, _), by_method in paired.items():
-        for other in OTHERS:
+        for other in others:
             tally = counts.setdefault((group, layer, metric, other), [0, 0, 0])
-            a, b = by_method.get(HIRES, np.nan), by_method.get(other, np.nan)
+            a, b = by_method.get(baseline, np.nan), by_method.get(other, np.nan)
             if not (np.isfinite(a) and np.isfinite(b)):
                 continue
             difference = (a - b) if HIGHER_IS_BETTER[metric] else (b - a)
@@ -80,12 +92,10 @@ def write_csv(path: str | os.PathLike, rows: Sequence[dict]) -> Path:
     if not rows:
         raise ValueError(f"nothing to write to {path}")
     path = Path(path)
-    temporary = path.with_name(f".{path.name}.tmp")
-    with temporary.open("w", newline="", encoding="utf-8") as handle:
+    with atomic_path(path) as temporary, temporary.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(temporary, path)
     return path
 
 
@@ -111,7 +121,7 @@ def _table(summary: list[dict], columns: Sequence[tuple[str, str]], collapsed: S
              "|---|---|---|" + "---|" * len(columns)]
     for group, method, layer in row_keys:
         cells = [_cell(by_key, (group, method, layer, metric)) for metric, _ in columns]
-        lines.append(f"| {group} | {PRETTY.get(method, method)} | {_layer_label(layer, collapsed)} | "
+        lines.append(f"| {group} | {table_label(method)} | {_layer_label(layer, collapsed)} | "
                      + " | ".join(cells) + " |")
     return lines
 
@@ -135,22 +145,25 @@ HEADLINE = [("deletion_auc_blur", "deletion, blur ↓"), ("insertion_auc_blur", 
 
 def _comparison_table(comparisons: list[dict], metrics: dict[str, str]) -> list[str]:
     """Markdown: one row per (group, layer, metric), a "better / tie / worse" cell per other method."""
-    lines = ["| group | layer | metric | " + " | ".join(f"vs {PRETTY[o]}" for o in OTHERS) + " |",
-             "|---|---|---|" + "---|" * len(OTHERS)]
+    others = ordered_methods(c["other"] for c in comparisons)
+    if not others:
+        return [f"No comparison: {table_label(BASELINE)} and at least one other CAM method must both be evaluated."]
+    lines = ["| group | layer | metric | " + " | ".join(f"vs {table_label(o)}" for o in others) + " |",
+             "|---|---|---|" + "---|" * len(others)]
     index = {(c["group"], c["layer"], c["metric"], c["other"]): c for c in comparisons}
     collapsed = dict.fromkeys((c["group"], c["layer"]) for c in comparisons if c["collapsed"])
     groups, layers = (list(dict.fromkeys(c[field] for c in comparisons)) for field in ("group", "layer"))
     for group, layer, metric in ((g, la, m) for g in groups for la in layers for m in metrics):
-        if (group, layer, metric, OTHERS[0]) not in index or (group, layer) in collapsed:
+        if (group, layer, metric, others[0]) not in index or (group, layer) in collapsed:
             continue
         cells = []
-        for other in OTHERS:
+        for other in others:
             c = index.get((group, layer, metric, other))
             cells.append("–" if c is None else "not counted (collapsed)" if c["collapsed"]
                          else f"{c['better']} / {c['tie']} / {c['worse']}")
         lines.append(f"| {group} | {layer} | {metrics[metric]} | " + " | ".join(cells) + " |")
     for group, layer in collapsed:  # one row: a collapsed layer counts for no method on any metric
-        lines.append(f"| {group} | {layer} | every metric | " + " | ".join(["not counted (collapsed)"] * len(OTHERS))
+        lines.append(f"| {group} | {layer} | every metric | " + " | ".join(["not counted (collapsed)"] * len(others))
                      + " |")
     return lines
 
@@ -188,7 +201,8 @@ def markdown_report(summary: list[dict], comparisons: list[dict], *, collapsed: 
           "more; \"on support\": only pixels where either map is non-zero, since shared zeros inflate ρ over all "
           "pixels) and HiResCAM exactness (|Σ map − (y_M − |M| b_c)| / |y_M − |M| b_c|, pre-ReLU)"),
          _table(summary, SANITY, collapsed)),
-        (f"Seg-HiRes against the others, per slice: better / tie / worse (tie: within {TIE_TOLERANCE})",
+        (f"{table_label(BASELINE)} against the others, per slice: better / tie / worse "
+         f"(tie: within {TIE_TOLERANCE})",
          _comparison_table(comparisons, dict(named(FAITHFULNESS + LOCALISATION + SANITY[:1])))),
     ]
     lines = [*header, "", note]

@@ -24,9 +24,11 @@ from torch import nn
 
 from seghirescam.models.card import ModelCard
 from seghirescam.cam.engine import explain_slices
+from seghirescam.cam.methods import METHODS
 from seghirescam.evaluation.cases import EvalTarget, pixel_set, reference_maps
+from seghirescam.evaluation.labels import REFERENCE_LABELS
 from seghirescam.evaluation.exactness import COLLAPSE_TOLERANCE, collapse_errors, exactness_errors, head_bias
-from seghirescam.evaluation.faithfulness import (MODES, blur_fill, curve_auc, inference_copy, normalise_curves, perturbation_curves,
+from seghirescam.evaluation.faithfulness import (MODES, blur_fill, curve_auc, inference_copy, normalize_curves, perturbation_curves,
                            rank_positions, score_slices, tissue_mean_fill, uniform_fractions)
 from seghirescam.evaluation.localisation import dilate, localisation_metrics
 from seghirescam.evaluation.sanity import cascading_randomisation, randomisation_stages, spearman
@@ -35,7 +37,7 @@ from seghirescam.models.unet import head_input_layers
 __all__ = ["EvaluationConfig", "TargetResult", "evaluate_target", "run_evaluation", "REFERENCES", "NO_LAYER"]
 
 log = logging.getLogger(__name__)
-REFERENCES = ("random", "M", "centre-distance")  # the names reference_maps gives
+REFERENCES = tuple(REFERENCE_LABELS)  # the names reference_maps gives
 NO_LAYER = "-"  # the layer of a reference map, which depends on no layer
 TISSUE_HU = (-150.0, 250.0)  # soft tissue and fat, no air, no bone: the tissue-mean fill's pixels
 
@@ -45,7 +47,8 @@ class EvaluationConfig:
     """Settings of an evaluation run (the defaults are the README's run).
 
     Attributes:
-        layers, methods: What to explain.
+        layers: What to explain.
+        methods: Method keys; default: every registered method at the time the config is made.
         slices_per_target: The slices with the largest M, per target.
         steps: Curve steps: fractions 0, 1/steps, ..., 1 of the slice's pixels.
         blur_sigma: Gaussian sigma (pixels) of the blurred fill.
@@ -59,7 +62,7 @@ class EvaluationConfig:
     """
 
     layers: tuple[str, ...] = ("bottleneck", "dec2", "dec1")
-    methods: tuple[str, ...] = ("seg-hires-grad-cam", "seg-grad-cam", "seg-xres-cam")
+    methods: tuple[str, ...] = field(default_factory=lambda: tuple(METHODS))
     slices_per_target: int = 4
     steps: int = 10
     blur_sigma: float = 8.0
@@ -120,7 +123,7 @@ def _faithfulness(model, target, result, maps, slices, x, m, c, config) -> None:
         for mode in MODES:
             curves = perturbation_curves(model, xk, mk, zone, c, positions, fill, mode=mode, fractions=fractions,
                                          chunk=config.chunk)
-            normalised, valid = normalise_curves(curves)
+            normalised, valid = normalize_curves(curves)
             result.counts[f"span_le_0_{fill_name}"] = int((~valid).sum())
             areas, dice_areas = curve_auc(normalised, fractions), curve_auc(curves.dice, fractions)
             for r, key in enumerate(keys):
@@ -150,14 +153,14 @@ def _sanity(model, target, result, cams, slices, x, m_t, c, config) -> None:
 
 
 def evaluate_target(model: nn.Module, card: ModelCard, target: EvalTarget,
-                    config: EvaluationConfig = EvaluationConfig()) -> TargetResult:
+                    config: EvaluationConfig | None = None) -> TargetResult:
     """Every measurement on one target.
 
     Args:
         model: A segmentation model (B, C, H, W) -> logits; left as found.
         card: Its card: classes and preprocessing.
         target: The structure and case.
-        config: The settings.
+        config: The settings (default: ``EvaluationConfig()``, every registered method).
 
     Returns:
         The target's rows, curves, randomisation results, counts and collapse flags.
@@ -165,6 +168,7 @@ def evaluate_target(model: nn.Module, card: ModelCard, target: EvalTarget,
     Raises:
         ValueError: If the card has no class of the target's name, or M is empty on every slice.
     """
+    config = config if config is not None else EvaluationConfig()
     if target.class_name not in card.classes:
         raise ValueError(f"the model's classes {card.classes} do not include {target.class_name!r}")
     c = card.classes.index(target.class_name)
@@ -204,12 +208,18 @@ def evaluate_target(model: nn.Module, card: ModelCard, target: EvalTarget,
 
 
 def run_evaluation(model: nn.Module, card: ModelCard, targets: Sequence[EvalTarget],
-                   config: EvaluationConfig = EvaluationConfig()) -> tuple[list[TargetResult], float]:
+                   config: EvaluationConfig | None = None) -> tuple[list[TargetResult], float]:
     """``evaluate_target`` over all targets, with progress logged.
+
+    Args:
+        model, card: The model explained.
+        targets: What to evaluate.
+        config: The settings (default: ``EvaluationConfig()``, every registered method).
 
     Returns:
         (results in target order, seconds taken).
     """
+    config = config if config is not None else EvaluationConfig()
     started = time.perf_counter()
     results = []
     for index, target in enumerate(targets, start=1):

@@ -7,13 +7,13 @@ SimpleITK (LPS, direction columns are the i, j, k axes). No Slicer or Qt imports
 from __future__ import annotations
 
 import os
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
+from seghirescam.atomic import atomic_path
 from seghirescam.imaging.geometry import Geometry
 
 __all__ = ["Volume", "SliceOrientation", "read_volume", "write_volume", "axial_axis",
@@ -106,7 +106,7 @@ def _extension(path: Path) -> str:
 
 
 def write_volume(volume: Volume, path: str | os.PathLike, *, compress: bool = True) -> Path:
-    """Write a volume atomically: to a temporary file beside ``path``, then ``os.replace``.
+    """Write a volume atomically (``seghirescam.atomic.atomic_path``).
 
     Args:
         volume: The volume to write.
@@ -121,17 +121,12 @@ def write_volume(volume: Volume, path: str | os.PathLike, *, compress: bool = Tr
         OSError: If writing fails; no partial or temporary file is left behind.
     """
     path = Path(path)
-    ext = _extension(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".tmp-{uuid.uuid4().hex[:8]}{ext}"
+    _extension(path)  # refuse a name without a format before writing anything
     try:
-        sitk.WriteImage(volume.to_sitk(), str(tmp), useCompression=compress)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        tmp.unlink(missing_ok=True)
-        if isinstance(exc, RuntimeError):
-            raise OSError(f"could not write {path}: {exc}") from exc
-        raise
+        with atomic_path(path) as temporary:
+            sitk.WriteImage(volume.to_sitk(), str(temporary), useCompression=compress)
+    except RuntimeError as exc:
+        raise OSError(f"could not write {path}: {exc}") from exc
     return path
 
 

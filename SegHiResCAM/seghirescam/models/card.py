@@ -15,14 +15,15 @@ from pathlib import Path
 
 import torch
 
+from seghirescam.models.class_names import class_for_segment_name
+
+from seghirescam.atomic import write_text_atomic
+
 __all__ = ["ModelCard", "CardError", "ORIENTATION", "CARD_FORMAT"]
 
 CARD_FORMAT = "seghirescam-model-card/1"
 ORIENTATION = ("axial slices (inferior to superior); rows anterior to posterior; "
                "columns patient right to left (radiological view)")
-_SYNONYMS = {"tumor": ("tumor", "tumour", "mass", "lesion", "cancer", "carcinoma"),
-             "cyst": ("cyst",),
-             "kidney": ("kidney", "renal")}
 
 
 class CardError(ValueError):
@@ -46,6 +47,10 @@ class ModelCard:
         training: Free-form description of the training data and settings.
         metrics: Measured performance, e.g. {"dice": {...}}.
         layers: Explainable layers in forward order; ``head_input_layers`` feed the head.
+        synonyms: Per class name, further words that name it in segment names, e.g.
+            {"tumor": ["tumour", "mass", "lesion"], "kidney": ["renal"]}.
+        preferred_classes: Classes that win when a segment name matches several, e.g.
+            ["tumor", "cyst"]: a "renal mass" is a tumour, not a kidney.
     """
 
     name: str
@@ -60,6 +65,8 @@ class ModelCard:
     metrics: dict = field(default_factory=dict)
     layers: tuple[str, ...] = ()
     head_input_layers: tuple[str, ...] = ()
+    synonyms: dict = field(default_factory=dict)
+    preferred_classes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         arch = self.architecture
@@ -77,6 +84,11 @@ class ModelCard:
         object.__setattr__(self, "hu_clip", tuple(float(v) for v in self.hu_clip))
         object.__setattr__(self, "layers", tuple(self.layers))
         object.__setattr__(self, "head_input_layers", tuple(self.head_input_layers))
+        object.__setattr__(self, "preferred_classes", tuple(self.preferred_classes))
+        unknown = (set(self.synonyms) | set(self.preferred_classes)) - set(self.classes)
+        if unknown:
+            raise CardError(f"model card: synonyms/preferred_classes name unknown classes {sorted(unknown)}; "
+                            f"classes are {list(self.classes)}")
 
     @property
     def num_classes(self) -> int:
@@ -95,28 +107,51 @@ class ModelCard:
         return x[:, None].expand(-1, self.in_channels, -1, -1)
 
     def class_for_segment(self, segment_name: str) -> int:
-        """The class a segment's name asks for: "Left kidney" -> kidney, "Kidney tumour" -> tumor.
+        """The class a segment's name asks for, by the card's own vocabulary.
 
-        Exact class names win; otherwise synonyms (tumour/mass/lesion, renal, ...) are
-        matched as words, left/right/number qualifiers are ignored, and a lesion word
-        (tumour, cyst) outranks the organ it sits in ("renal mass" is a tumour).
+        An exact class name wins; otherwise the class names and the card's ``synonyms`` are
+        matched as words (so left/right/number qualifiers are ignored), and when several classes
+        match, the card's ``preferred_classes`` win (for the default model: "renal mass" is a
+        tumour, not a kidney).
+
+        Args:
+            segment_name: e.g. "Left kidney", "Kidney tumour".
+
+        Returns:
+            The class index.
 
         Raises:
             ValueError: If no class matches or several equally do (the message lists the classes).
         """
-        lowered = [name.lower() for name in self.classes]
-        if segment_name.strip().lower() in lowered:
-            return lowered.index(segment_name.strip().lower())
-        words = set(re.findall(r"[a-z]+", segment_name.lower()))
-        hits = {index for index, name in enumerate(lowered)
-                if name in words or words & set(_SYNONYMS.get(name, ()))}
-        lesions = {index for index in hits if lowered[index] != "kidney"}
-        hits = lesions or hits
-        if len(hits) != 1:
-            reason = "matches no class" if not hits else "matches several classes"
-            raise ValueError(f"segment name {segment_name!r} {reason}; choose the target class from "
-                             f"{', '.join(self.classes)}")
-        return hits.pop()
+        return class_for_segment_name(self.classes, segment_name, synonyms=self.synonyms,
+                                      preferred=self.preferred_classes)
+
+    def resolve_target_class(self, target_class: int | str | None, segment_name: str | None = None) -> int:
+        """The class c to explain: the one rule for the command line, cohorts and the Slicer Logic.
+
+        Args:
+            target_class: A class index (int or digits, e.g. "1"), a class name or a name that
+                ``class_for_segment`` understands ("Tumour"); None: read from ``segment_name``.
+            segment_name: The segment's name, used when ``target_class`` is None.
+
+        Returns:
+            The class index, 0..num_classes - 1.
+
+        Raises:
+            ValueError: If the index is out of range, the name matches no class, or neither is
+                given (each message lists the classes to choose from).
+        """
+        if target_class is None:
+            if not segment_name:
+                raise ValueError(f"choose a target class ({', '.join(self.classes)}) or a segment whose name names one")
+            return self.class_for_segment(segment_name)
+        if isinstance(target_class, str) and not target_class.strip().isdigit():
+            return self.class_for_segment(target_class)
+        index = int(target_class)
+        if not 0 <= index < self.num_classes:
+            raise ValueError(f"target class {index} is out of range 0..{self.num_classes - 1} "
+                             f"({', '.join(self.classes)})")
+        return index
 
     def to_json(self) -> str:
         """The card as JSON text (with a format tag)."""
@@ -149,9 +184,5 @@ class ModelCard:
             raise CardError(f"{path}: {error}") from None
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the card atomically (temporary file, then rename)."""
-        path = Path(path)
-        temporary = path.with_name(f".{path.name}.tmp")
-        temporary.write_text(self.to_json() + "\n", encoding="utf-8")
-        os.replace(temporary, path)
-        return path
+        """Write the card atomically (``seghirescam.atomic``)."""
+        return write_text_atomic(path, self.to_json() + "\n")

@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from seghirescam.atomic import atomic_path
 from seghirescam.models.card import CardError, ModelCard
 from seghirescam.models.unet import UNet2D, head_input_layers
 
@@ -183,11 +184,9 @@ def load_default_model() -> LoadedModel:
 def save_model(model: UNet2D, card: ModelCard, path: str | os.PathLike) -> Path:
     """Write weights as safetensors and the card beside them, each atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(temporary),
-              metadata={"card": card.name})
-    os.chmod(temporary, 0o644)  # safetensors creates files readable by the owner only
-    os.replace(temporary, path)
+    with atomic_path(path) as temporary:
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(temporary),
+                  metadata={"card": card.name})
+        os.chmod(temporary, 0o644)  # safetensors creates files readable by the owner only
     card.save(card_path_for(path))
     return path

@@ -17,6 +17,7 @@ import numpy as np
 import slicer
 
 from seghirescam.cam.engine import DEFAULT_METHODS
+from seghirescam.cam.method_info import MethodInfo, display_name, registered_methods
 from seghirescam.imaging.geometry import Geometry
 from seghirescam.models.loading import LoadedModel, load_default_model, load_model
 from seghirescam.mrml.display import heatmap_color_node, setup_heatmap_display, show_in_slice_views
@@ -24,19 +25,17 @@ from seghirescam.mrml.nodes import (add_heatmap_node, add_prediction_segmentatio
                       remove_nodes, remove_with_dependents, segment_mask, voxel_at_world)
 from seghirescam.mrml.render import renderSliceView
 from seghirescam.ct.pipeline import explain_ct, predict_ct
-from seghirescam.cam.pixel_sets import pixel_set_from_points, pixel_set_whole_slices
+from seghirescam.cam.layers import default_layers
+from seghirescam.cam.pixel_sets import DEFAULT_POINT_RADIUS, PIXEL_SETS, pixel_set_from_points, pixel_set_whole_slices
+from seghirescam.cam.vocabulary import DEFAULT_NORMALIZATION
 from seghirescam.cam.result import ExplanationCancelled
 from seghirescam.imaging.volumes import SliceOrientation, Volume
 
-__all__ = ["SegHiResCAMLogic", "renderSliceView", "METHOD_TITLES", "PIXEL_SETS", "ATTRIBUTE_PREFIX"]
+__all__ = ["SegHiResCAMLogic", "renderSliceView", "PIXEL_SETS", "ATTRIBUTE_PREFIX"]
 
 logger = logging.getLogger(__name__)
 
-METHOD_TITLES = {"seg-hires-grad-cam": "Seg-HiRes-Grad CAM", "seg-grad-cam": "Seg-Grad CAM",
-                 "seg-xres-cam": "Seg-XRes CAM"}
-PIXEL_SETS = ("segment", "prediction", "point", "slice")
 ATTRIBUTE_PREFIX = "SegHiResCAM."
-POINT_RADIUS = 2  # in-plane disc radius (pixels) around a markups point
 
 
 class SegHiResCAMLogic:
@@ -72,15 +71,19 @@ class SegHiResCAMLogic:
 
     @staticmethod
     def defaultLayer(model: LoadedModel) -> str:
-        """Returns: "bottleneck" if the model has it, else the middle one of the card's layers.
+        """Returns: the layer explained when none is chosen (``cam.layers.default_layers`` of the card's
+        layers: "bottleneck" if listed, else the middle one).
 
         Raises:
             ValueError: If the card lists no explainable layer.
         """
-        layers = model.card.layers or tuple(name for name, _ in model.model.named_modules() if name == "bottleneck")
-        if not layers:
-            raise ValueError(f"model card {model.card.name!r} lists no explainable layers; pass layers= explicitly")
-        return "bottleneck" if "bottleneck" in layers else layers[len(layers) // 2]
+        return default_layers(model.card.layers)[0]
+
+    @staticmethod
+    def methodChoices() -> list[MethodInfo]:
+        """Returns: every registered CAM method (key, display_name, description, ...), in registration
+        order: what the widget offers and ``process(methods=...)`` accepts."""
+        return list(registered_methods())
 
     @staticmethod
     def layerChoices(model: LoadedModel) -> list[tuple[str, bool]]:
@@ -118,7 +121,7 @@ class SegHiResCAMLogic:
                 layers: str | Sequence[str] | None = None, methods: Sequence[str] = DEFAULT_METHODS,
                 pixelSet: str = "segment", pointNode: slicer.vtkMRMLMarkupsNode | None = None,
                 sliceIndex: int | None = None, device: str = "auto", batchSize: int | str = "auto",
-                normalize: str = "volume", progress: Callable[[int, int], None] | None = None,
+                normalize: str = DEFAULT_NORMALIZATION, progress: Callable[[int, int], None] | None = None,
                 cancel: Callable[[], bool] | None = None, keepPrevious: bool = False,
                 outputPrefix: str | None = None) -> dict[tuple[str, str], slicer.vtkMRMLScalarVolumeNode]:
         """Explain the model's decision for one class on a CT; add one heatmap node per (method, layer).
@@ -128,17 +131,18 @@ class SegHiResCAMLogic:
             segmentationNode, segmentId: The segment: the pixel set M (pixelSet "segment") and,
                 via its name, the target class (e.g. "Left kidney" -> kidney).
             model: A ``LoadedModel``; default: the shipped default model.
-            targetClass: Class index or name; None: from the segment's name.
+            targetClass: Class index or name; None: from the segment's name (``ModelCard.resolve_target_class``).
             layers: Layer name(s); None: the deepest ("bottleneck"), see ``defaultLayer``.
             methods: CAM method names, e.g. ("seg-hires-grad-cam", "seg-grad-cam", "seg-xres-cam").
-            pixelSet: "segment"; "prediction" (voxels the model labels as the class; also adds the
-                prediction as a segmentation node); "point" (the markups control points, each with a
-                small in-plane disc); "slice" (the whole axial slice ``sliceIndex``).
+            pixelSet: A key of ``cam.vocabulary.PIXEL_SETS``: "segment"; "prediction" (voxels the model
+                labels as the class; also adds the prediction as a segmentation node); "point" (the
+                markups control points, each grown to an in-plane disc of ``DEFAULT_POINT_RADIUS``
+                pixels); "slice" (the whole axial slice ``sliceIndex``).
             pointNode: Markups node for pixelSet "point".
             sliceIndex: For pixelSet "slice": index along the CT's axial array axis (its own k, j or i).
             device: "auto", "cpu", "cuda".
             batchSize: Slices per batch or "auto".
-            normalize: "volume", "slice" or "none".
+            normalize: A key of ``cam.vocabulary.NORMALIZATIONS``: "volume", "slice" or "none".
             progress: Called as progress(done, total) after each batch.
             cancel: Called before each batch; True stops the run and leaves the scene as it was.
             keepPrevious: Keep the heatmaps of earlier runs on this CT (default: replace them).
@@ -154,13 +158,13 @@ class SegHiResCAMLogic:
         """
         started = time.perf_counter()
         if pixelSet not in PIXEL_SETS:
-            raise ValueError(f"pixelSet must be one of {PIXEL_SETS}, got {pixelSet!r}")
+            raise ValueError(f"pixelSet must be one of {', '.join(PIXEL_SETS)}, got {pixelSet!r}")
         if ctNode is None or not ctNode.IsA("vtkMRMLScalarVolumeNode") or ctNode.IsA("vtkMRMLLabelMapVolumeNode"):
             raise ValueError("choose a CT scalar volume as input")
         model = model or self.loadModel()
         card = model.card
         segmentName = self._segmentName(segmentationNode, segmentId)
-        target = self._targetClass(card, targetClass, segmentName)
+        target = card.resolve_target_class(targetClass, segmentName)
         layerList = [layers] if isinstance(layers, str) else list(layers or [self.defaultLayer(model)])
         ct, geometry = ct_array_and_geometry(ctNode)
         axialAxis = SliceOrientation.from_geometry(geometry).permutation[0]
@@ -208,7 +212,7 @@ class SegHiResCAMLogic:
             colorNode = heatmap_color_node(self.scene)
             nodes = {}
             for (method, layer), array in maps.items():
-                name = f"{prefix} {METHOD_TITLES.get(method, method)} {layer} ({className})"
+                name = f"{prefix} {display_name(method)} {layer} ({className})"
                 attributes = {ATTRIBUTE_PREFIX + k: v for k, v in {**settings, "Role": "heatmap", "Method": method,
                                                                     "Layer": layer}.items()}
                 node = add_heatmap_node(self.scene, ctNode, array, name, attributes)
@@ -241,20 +245,6 @@ class SegHiResCAMLogic:
         return segment.GetName() if segment is not None else None
 
     @staticmethod
-    def _targetClass(card, targetClass, segmentName) -> int:
-        if isinstance(targetClass, str):
-            targetClass = card.classes.index(targetClass) if targetClass in card.classes \
-                else card.class_for_segment(targetClass)
-        if targetClass is None:
-            if segmentName is None:
-                raise ValueError(f"choose a target class ({', '.join(card.classes)}) or a segment whose name names one")
-            return card.class_for_segment(segmentName)
-        if not 0 <= int(targetClass) < card.num_classes:
-            raise ValueError(f"target class {targetClass} is out of range 0..{card.num_classes - 1} "
-                             f"({', '.join(card.classes)})")
-        return int(targetClass)
-
-    @staticmethod
     def _pointMask(ctNode, pointNode, shape, axialAxis) -> np.ndarray:
         if pointNode is None or pointNode.GetNumberOfControlPoints() == 0:
             raise ValueError("pixel set 'point' needs a markups point: place one on the CT")
@@ -263,7 +253,7 @@ class SegHiResCAMLogic:
             world = [0.0, 0.0, 0.0]
             pointNode.GetNthControlPointPositionWorld(index, world)
             points.append(voxel_at_world(ctNode, world))
-        return pixel_set_from_points(shape, points, radius=POINT_RADIUS, axis=axialAxis)
+        return pixel_set_from_points(shape, points, radius=DEFAULT_POINT_RADIUS, axis=axialAxis)
 
     def sliceIndexAt(self, ctNode: slicer.vtkMRMLVolumeNode, rasWorld: Sequence[float]) -> int:
         """Returns: the index along the CT's axial array axis of the slice through a world RAS point

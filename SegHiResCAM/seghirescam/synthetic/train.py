@@ -26,6 +26,9 @@ __all__ = ["train_default_model", "dice_per_class", "evaluate_cases", "CLASSES",
 
 log = logging.getLogger(__name__)
 CLASSES = ("background", "kidney", "tumor", "cyst")
+# How segment names ask for these classes (written into the model card): "renal mass" -> tumor.
+CLASS_SYNONYMS = {"tumor": ["tumour", "mass", "lesion", "cancer", "carcinoma"], "kidney": ["renal"]}
+PREFERRED_CLASSES = ("tumor", "cyst")
 DEFAULT_WIDTHS = (16, 32, 64, 128)
 HU_CLIP, MEAN, STD = (-200.0, 300.0), 40.0, 120.0
 HELD_OUT_SLAB = (92, 112)
@@ -100,7 +103,8 @@ def train_default_model(out: str | os.PathLike, data_dir: str | os.PathLike | No
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model = UNet2D(1, len(CLASSES), widths)
-    card = unet_card(model, "seghirescam-kidney-unet", CLASSES, hu_clip=HU_CLIP, mean=MEAN, std=STD)
+    card = unet_card(model, "seghirescam-kidney-unet", CLASSES, hu_clip=HU_CLIP, mean=MEAN, std=STD,
+                     synonyms=CLASS_SYNONYMS, preferred_classes=PREFERRED_CLASSES)
     cases = [phantom_case(1000 + i, rng) for i in range(phantoms)]
     validation = [phantom_case(s, np.random.default_rng(s)) for s in VALIDATION_SEEDS]
     held_out = None

@@ -45,8 +45,11 @@ def main(argv: list[str] | None = None) -> int:
     from seghirescam.cli.explain import add_demo, add_explain, run_demo, run_explain
     from seghirescam.cli.evaluate import add_evaluate, run_evaluate
 
-    parser = argparse.ArgumentParser(prog="seghirescam", description="Explain segmentation U-Nets with "
-                                     "Seg-HiRes-Grad CAM and Seg-Grad CAM.")
+    from seghirescam.cam.method_info import registered_methods
+
+    methods = ", ".join(method.display_name for method in registered_methods())
+    parser = argparse.ArgumentParser(prog="seghirescam", description=f"Explain segmentation U-Nets with CAM "
+                                     f"methods: {methods}.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     commands = parser.add_subparsers(dest="command", required=True)
     add_demo(commands)

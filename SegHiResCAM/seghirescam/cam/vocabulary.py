@@ -1,0 +1,41 @@
+"""The words users choose from: pixel sets and normalize modes, each key with a display label and help.
+
+The one definition; the engine, the pipeline, the command line, the Logic and the Slicer widget
+read it. Plain data without torch or numpy, so the Slicer module can fill its menus before
+torch is installed.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+__all__ = ["Choice", "PIXEL_SETS", "FILE_PIXEL_SETS", "NORMALIZATIONS", "DEFAULT_NORMALIZATION", "help_text"]
+
+
+class Choice(NamedTuple):
+    """One choice of a menu: what the Slicer widget shows, and a one-line help."""
+
+    label: str
+    help: str
+
+
+PIXEL_SETS: dict[str, Choice] = {
+    "segment": Choice("Segment", "the voxels of the chosen segment"),
+    "prediction": Choice("Model prediction", "the voxels the model itself labels as the target class"),
+    "point": Choice("Markups point", "an in-plane disc around each point, on the point's own slice"),
+    "slice": Choice("Current slice (Red view)", "every pixel of one axial slice"),
+}
+# A case given as files (``seghirescam explain``/``batch``) has no viewer, hence no current slice.
+FILE_PIXEL_SETS: tuple[str, ...] = ("segment", "prediction", "point")
+
+NORMALIZATIONS: dict[str, Choice] = {
+    "volume": Choice("Per volume (max = 1)", "divide each map by its maximum over the volume"),
+    "slice": Choice("Per slice", "divide each slice of a map by that slice's maximum"),
+    "none": Choice("None (raw values)", "keep the raw CAM values"),
+}
+DEFAULT_NORMALIZATION = "volume"
+
+
+def help_text(choices: dict[str, Choice], keys: tuple[str, ...] | None = None) -> str:
+    """"key: help; key: help" for a command-line option's help (all keys, or ``keys``)."""
+    return "; ".join(f"{key}: {choices[key].help}" for key in (keys or tuple(choices)))

@@ -1,0 +1,46 @@
+"""Which class a segment's name asks for: the one matching rule every model family uses."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+
+__all__ = ["class_for_segment_name"]
+
+
+def class_for_segment_name(classes: Sequence[str], segment_name: str, *,
+                           synonyms: Mapping[str, Sequence[str]] | None = None,
+                           preferred: Sequence[str] = ()) -> int:
+    """The class index a segment's name asks for.
+
+    An exact class name (case-insensitive) wins; otherwise class names and their synonyms are
+    matched as words, so qualifiers such as left/right or numbers are ignored; when several
+    classes match, the ``preferred`` ones win ("renal mass" is a tumour, not a kidney, when
+    tumour is preferred).
+
+    Args:
+        classes: Class names in output-channel order.
+        segment_name: e.g. "Left kidney", "Kidney tumour".
+        synonyms: Per class name, further words that name it.
+        preferred: Classes that win a tie between several matches.
+
+    Returns:
+        The class index.
+
+    Raises:
+        ValueError: If no class matches or several equally do (the message lists the classes).
+    """
+    synonyms = synonyms or {}
+    lowered = [name.lower() for name in classes]
+    if segment_name.strip().lower() in lowered:
+        return lowered.index(segment_name.strip().lower())
+    words = set(re.findall(r"[a-z]+", segment_name.lower()))
+    hits = {index for index, name in enumerate(classes)
+            if set(re.findall(r"[a-z]+", name.lower())) <= words and re.findall(r"[a-z]+", name.lower())
+            or words & {w.lower() for w in synonyms.get(name, ())}}
+    hits = {index for index in hits if classes[index] in preferred} or hits
+    if len(hits) != 1:
+        reason = "matches no class" if not hits else "matches several classes"
+        raise ValueError(f"segment name {segment_name!r} {reason}; choose the target class from "
+                         f"{', '.join(classes)}")
+    return hits.pop()
