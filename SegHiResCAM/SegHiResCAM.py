@@ -234,7 +234,7 @@ class SegHiResCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.layerComboBox.addItem(f"{layer} (collapses to the segmentation)" if collapses else layer, layer)
         self.ui.layerComboBox.setCurrentIndex(self.ui.layerComboBox.findData(self.logic.defaultLayer(self._model)))
         self.ui.targetClassComboBox.addItem("Auto (from the segment name)", None)
-        for index, name in enumerate(self._model.card.classes):
+        for index, name in enumerate(self._model.class_names):
             self.ui.targetClassComboBox.addItem(name, index)
         self.updateTargetClass()
 
@@ -245,7 +245,7 @@ class SegHiResCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         name = segmentation.GetSegmentation().GetSegment(segmentId).GetName()
         try:
-            mapped = self._model.card.classes[self._model.card.class_for_segment(name)]
+            mapped = self._model.class_names[self._model.class_for_segment(name)]
             self.ui.targetClassComboBox.setItemText(0, f"Auto: {mapped} (from \"{name}\")")
         except ValueError:
             self.ui.targetClassComboBox.setItemText(0, f"Auto: \"{name}\" names no class - choose one")

@@ -395,3 +395,109 @@ def test_transposed_prediction_and_maps(transposed_folder, case, monkeypatch):
     maps = _explain(model, image, lab == 1, 1, [model.default_layer]).maps
     v = maps[(HIRES, model.default_layer)]
     assert v.shape == lab.shape and v.max() > 0
+
+
+# ------------------------------------------------ the CLI and the Slicer Logic on nnU-Net folders
+
+# A non-identity direction (axes permuted and flipped) and an origin away from 0: nnU-Net reads arrays,
+# so the heatmaps must take their geometry from the CT, voxel for voxel.
+TILTED = (0.0, 0.0, 1.0, -1.0, 0.0, 0.0, 0.0, -1.0, 0.0)
+
+
+def _write_case(case, folder: Path) -> tuple[Path, Path]:
+    import SimpleITK as sitk
+
+    image, lab = case
+    image = sitk.Image(image)
+    image.SetDirection(TILTED)
+    image.SetOrigin((12.5, -40.0, 101.0))
+    labels = sitk.GetImageFromArray(lab.astype(np.uint8))
+    labels.CopyInformation(image)
+    folder.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(image, str(folder / "ct.nii.gz"))
+    sitk.WriteImage(labels, str(folder / "labels.nii.gz"))
+    return folder / "ct.nii.gz", folder / "labels.nii.gz"
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_cli_explains_an_nnunet_folder_on_the_ct_grid(folders, case, tmp_path, config):
+    import json
+
+    import SimpleITK as sitk
+
+    from seghirescam.cli import main
+
+    ct_path, seg_path = _write_case(case, tmp_path / "case")
+    out = tmp_path / "out"
+    code = main(["explain", "--model", str(folders[config]), "--fold", "all", "--ct", str(ct_path), "--seg",
+                 str(seg_path), "--segment", "kidney", "--layer", "encoder.stages.1", "--out", str(out),
+                 "--device", "cpu"])
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    assert summary["target_class"] == "kidney" and folders[config].name in summary["model_name"]
+    ct = sitk.ReadImage(str(ct_path))
+    image, lab = case
+    pre = nm.preprocess(nm.load_nnunet_folder(folders[config]), image)
+    inside = np.zeros(pre.properties["shape_before_cropping"], bool)
+    inside[tuple(slice(a, b) for a, b in pre.properties["bbox_used_for_cropping"])] = True
+    for method in (HIRES, GRAD):
+        heat = sitk.ReadImage(str(out / f"kidney_{method}_encoder.stages.1.nrrd"))
+        assert heat.GetSize() == ct.GetSize()
+        assert np.allclose(heat.GetSpacing(), ct.GetSpacing()) and np.allclose(heat.GetOrigin(), ct.GetOrigin())
+        assert np.allclose(heat.GetDirection(), ct.GetDirection())
+        values = sitk.GetArrayFromImage(heat)
+        assert values.max() == pytest.approx(1.0) and values.min() >= 0  # normalised per volume
+        assert np.all(values[~inside] == 0)  # nnU-Net never sees what crop_to_nonzero cut away
+    from seghirescam.imaging.volumes import axial_axis, read_volume
+
+    axis = axial_axis(read_volume(ct_path).geometry)  # TILTED: the axial axis is not array axis 0
+    others = tuple(a for a in range(3) if a != axis)
+    assert summary["targets"][0]["slices_explained"] == int((lab == 1).any(axis=others).sum())
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_slicer_logic_explains_an_nnunet_folder(folders, case, tmp_path, config):
+    require_module("slicer")
+    import slicer
+    from slicer_scene import make_headless_slicer, segmentation_from_labels, volume_from_array
+
+    from seghirescam.imaging.geometry import Geometry
+    from seghirescam.mrml import SegHiResCAMLogic
+
+    image, lab = case
+    geometry = Geometry(image.GetSpacing(), (12.5, -40.0, 101.0), TILTED)
+    app = make_headless_slicer()
+    array = sitk_array = np.asarray(__import__("SimpleITK").GetArrayFromImage(image), np.float32)
+    ct = volume_from_array(app.scene, sitk_array, geometry.ijk_to_ras(), "CT")
+    seg = segmentation_from_labels(app.scene, lab.astype(np.uint8), geometry.ijk_to_ras(), {1: "Left kidney"})
+    segment_id = seg.GetSegmentation().GetNthSegmentID(0)
+    logic = SegHiResCAMLogic(app.scene)
+    model = logic.loadModel(str(folders[config]), folds=("all",))
+    assert logic.defaultLayer(model) == model.default_layer and ("decoder.stages.0", False) in logic.layerChoices(model)
+    nodes = logic.process(ct, seg, segment_id, model=model, methods=(HIRES,), device="cpu")
+    node = nodes[(HIRES, model.default_layer)]
+    assert node.GetAttribute("SegHiResCAM.TargetClass") == "kidney"
+    expected = _explain(model.loaded, image, lab == 1, 1, [model.default_layer], methods=(HIRES,),
+                        normalize="volume").maps[(HIRES, model.default_layer)]
+    np.testing.assert_allclose(slicer.util.arrayFromVolume(node), expected, atol=1e-6)
+    matrix = __import__("vtk").vtkMatrix4x4()
+    node.GetIJKToRASMatrix(matrix)
+    assert np.allclose([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)], geometry.ijk_to_ras())
+    assert array.shape == slicer.util.arrayFromVolume(node).shape
+
+
+def test_bad_model_paths_get_one_clear_cli_error(folders, tmp_path, capsys):
+    from seghirescam.cli import main
+
+    ct_path, seg_path = _write_case(mk.make_test_case(), tmp_path / "case")
+    base = ["explain", "--ct", str(ct_path), "--seg", str(seg_path), "--segment", "kidney", "--out", str(tmp_path / "o")]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cases = [(["--model", str(folders["3d_fullres"]), "--fold", "3"], "fold_3 missing"),
+             (["--model", str(folders["3d_fullres"]), "--checkpoint", "checkpoint_latest.pth"], "checkpoint_latest.pth missing"),
+             (["--model", str(empty)], "no model SegHiResCAM can load"),
+             (["--model", str(tmp_path / "nowhere")], "model not found")]
+    for extra, message in cases:
+        assert main(base + extra) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, err

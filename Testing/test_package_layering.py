@@ -38,12 +38,27 @@ def _module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def _imports(path: Path) -> list[tuple[str, int]]:
-    """Absolute names of every module imported by a file (relative imports resolved), with line numbers."""
+def _type_checking_nodes(tree: ast.AST) -> set[int]:
+    """ids of the nodes inside ``if TYPE_CHECKING:`` blocks (imports for annotations only)."""
+    inside = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            inside |= {id(child) for statement in node.body for child in ast.walk(statement)}
+    return inside
+
+
+def _imports(path: Path, *, runtime_only: bool = False) -> list[tuple[str, int]]:
+    """Absolute names of every module imported by a file (relative imports resolved), with line numbers.
+
+    ``runtime_only`` leaves out imports under ``if TYPE_CHECKING:``, which never run.
+    """
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    skipped = _type_checking_nodes(tree) if runtime_only else set()
     package = _module_name(path) if path.name == "__init__.py" else _module_name(path).rpartition(".")[0]
     found = []
     for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
         if isinstance(node, ast.Import):
             found += [(alias.name, node.lineno) for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -98,7 +113,8 @@ def _graph() -> dict[str, set[str]]:
     for name, path in modules.items():
         if path.name == "__init__.py":
             continue  # package re-exports are not dependencies of the modules they re-export
-        graph[name] = {m for m, _ in _imports(path) if m in modules and modules[m].name != "__init__.py"}
+        graph[name] = {m for m, _ in _imports(path, runtime_only=True)
+                       if m in modules and modules[m].name != "__init__.py"}
     return graph
 
 

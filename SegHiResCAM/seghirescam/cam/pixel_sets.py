@@ -12,12 +12,11 @@ import torch
 from torch import nn
 
 from seghirescam.cam.inference import predict_volume
-from seghirescam.cam.vocabulary import FILE_PIXEL_SETS, PIXEL_SETS
+from seghirescam.cam.vocabulary import DEFAULT_POINT_RADIUS, FILE_PIXEL_SETS, PIXEL_SETS
 
 __all__ = ["pixel_set_from_labels", "pixel_set_from_prediction", "pixel_set_whole_slices", "pixel_set_from_points",
            "DEFAULT_POINT_RADIUS", "PIXEL_SETS", "FILE_PIXEL_SETS"]
 
-DEFAULT_POINT_RADIUS = 2
 """The default M around a point: an in-plane disc of this radius in pixels, on the point's own slice
 (2: the point and its 12 nearest pixels, 13 in all; 0 would be the single voxel). Used for a
 manifest's point (``seghirescam batch``), ``--point`` (``seghirescam explain``) and a markups

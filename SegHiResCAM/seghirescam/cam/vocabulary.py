@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-__all__ = ["Choice", "PIXEL_SETS", "FILE_PIXEL_SETS", "NORMALIZATIONS", "DEFAULT_NORMALIZATION", "help_text"]
+__all__ = ["Choice", "PIXEL_SETS", "FILE_PIXEL_SETS", "NORMALIZATIONS", "DEFAULT_NORMALIZATION", "DEFAULT_POINT_RADIUS",
+           "help_text"]
 
 
 class Choice(NamedTuple):
@@ -27,6 +28,9 @@ PIXEL_SETS: dict[str, Choice] = {
 }
 # A case given as files (``seghirescam explain``/``batch``) has no viewer, hence no current slice.
 FILE_PIXEL_SETS: tuple[str, ...] = ("segment", "prediction", "point")
+# Pixel set "point": M is an in-plane disc of this radius (pixels) around each point, on the point's own
+# slice (2: 13 pixels, enough to be seen in a viewer and robust to a click one pixel off; 0: the voxel alone).
+DEFAULT_POINT_RADIUS = 2
 
 NORMALIZATIONS: dict[str, Choice] = {
     "volume": Choice("Per volume (max = 1)", "divide each map by its maximum over the volume"),

@@ -7,48 +7,52 @@ option (nothing was run), 130 interrupted by Ctrl-C (the summary lists what fini
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
-from seghirescam.cohort.runner import EXECUTORS, BatchSettings, run_batch
-from seghirescam.ct.cases import read_label_names
-from seghirescam.cli.explain import _common, add_point_radius_option
-from seghirescam.cam.engine import DEFAULT_METHODS
+from seghirescam.cli.common import (VOLUME_FORMATS, add_engine_options, add_model_options, add_point_radius_option,
+                                    engine_options)
+from seghirescam.cohort.executors import EXECUTORS
 
-__all__ = ["add_batch", "run_batch_command"]
-
-logger = logging.getLogger(__name__)
+__all__ = ["register", "run"]
 
 
-def add_batch(commands: argparse._SubParsersAction) -> None:
+def register(commands: argparse._SubParsersAction) -> None:
     """Register ``batch``."""
     parser = commands.add_parser("batch", help="explain a cohort of cases listed in a manifest CSV",
                                  description="Manifest columns: case_id, ct, seg, segment (label values '1;2' or "
                                  "a name); optional point ('I;J;K') and target_class. Relative paths resolve "
                                  "against the manifest's folder. Finished cases are skipped on a re-run.")
     parser.add_argument("manifest", type=Path, help="the manifest CSV")
-    _common(parser)
+    parser.add_argument("--out", type=Path, required=True, help="output folder (one sub-folder per case)")
+    add_model_options(parser)
+    add_engine_options(parser)
     parser.add_argument("--label-names", type=Path, help="JSON {value: name} for segment names in the manifest")
     add_point_radius_option(parser)
-    parser.add_argument("--format", default=".nrrd", choices=(".nrrd", ".nii.gz", ".mha"))
+    parser.add_argument("--format", default=".nrrd", choices=VOLUME_FORMATS, help="heatmap file format")
     parser.add_argument("--map-dtype", default="float32", choices=("float32", "float16"),
                         help="maps held in memory (float16 halves it; files stay float32)")
     parser.add_argument("--no-figure", action="store_true", help="skip the PNG panels")
-    parser.add_argument("--executor", default="local", choices=EXECUTORS, help="local: one case after another; "
-                        "dask: cases as tasks on a Dask cluster")
+    parser.add_argument("--executor", default="local", choices=list(EXECUTORS),
+                        help="; ".join(f"{key}: {text}" for key, text in EXECUTORS.items()))
     parser.add_argument("--scheduler", help="address of a running Dask scheduler (with --executor dask)")
-    parser.add_argument("--workers", type=int, help="start a local Dask cluster of N single-threaded workers")
+    parser.add_argument("--workers", type=int, help="with --executor dask: start a local Dask cluster of N "
+                        "single-threaded workers")
 
 
-def run_batch_command(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     """Run ``batch``; returns the exit code (see the module docstring)."""
-    batch = args.batch_size if args.batch_size == "auto" else int(args.batch_size)
+    from seghirescam.cohort.runner import run_batch
+    from seghirescam.cohort.settings import BatchSettings
+    from seghirescam.ct.cases import read_label_names
+
+    options = engine_options(args)
     settings = BatchSettings(model=str(args.model) if args.model else None, card=str(args.card) if args.card else None,
-                             methods=tuple(args.method or DEFAULT_METHODS),
-                             layers=tuple(args.layer) if args.layer else None, device=args.device, batch_size=batch,
-                             normalize=args.normalize, extension=args.format, map_dtype=args.map_dtype,
-                             figure=not args.no_figure, point_radius=args.point_radius,
+                             folds=tuple(args.folds or ("all",)), checkpoint=args.checkpoint,
+                             mirroring=args.mirroring, methods=options["methods"],
+                             layers=tuple(args.layer) if args.layer else None, device=args.device,
+                             batch_size=args.batch_size, normalize=args.normalize, extension=args.format,
+                             map_dtype=args.map_dtype, figure=not args.no_figure, point_radius=args.point_radius,
                              label_names=read_label_names(args.label_names) if args.label_names else None)
     try:
         report = run_batch(args.manifest, args.out, settings, executor=args.executor, scheduler=args.scheduler,

@@ -33,7 +33,7 @@ from seghirescam.cohort.settings import BatchSettings
 from seghirescam.ct.cases import prepare_case
 from seghirescam.ct.outputs import write_case_outputs
 from seghirescam.ct.pipeline import explain_ct
-from seghirescam.models.loading import LoadedModel, load_model
+from seghirescam.models.explainable import ExplainableModel
 
 __all__ = ["BatchJob", "STAGING", "process_case"]
 
@@ -43,9 +43,9 @@ STAGING = ".staging"
 
 
 @functools.lru_cache(maxsize=1)
-def _process_model(path: str, card: str, modified_ns: int) -> LoadedModel:
+def _process_model(settings: BatchSettings, modified_ns: int) -> ExplainableModel:
     """The model of this process's cases (a Dask worker loads it once; one model at a time is kept)."""
-    return load_model(path, card)
+    return settings.load_model()
 
 
 class _SliceBar:
@@ -69,7 +69,7 @@ def _base(row: CaseRow, settings: BatchSettings) -> dict:
             "model_sha256": settings.model_sha256, "settings": settings.key_fields()}
 
 
-def _explain(row: CaseRow, settings: BatchSettings, loaded: LoadedModel, folder: Path, device: str,
+def _explain(row: CaseRow, settings: BatchSettings, loaded: ExplainableModel, folder: Path, device: str,
              progress: Callable[[int, int], None] | None) -> dict:
     case = prepare_case(row.ct, row.seg, loaded, label_values=row.label_values, segment_name=row.segment_name,
                         label_names=settings.label_names, target_class=row.target_class,
@@ -82,7 +82,7 @@ def _explain(row: CaseRow, settings: BatchSettings, loaded: LoadedModel, folder:
     written = write_case_outputs(folder, case, result, target, extension=settings.extension,
                                  figure=settings.figure)
     return {**written, "files": {name: Path(p).name for name, p in written["files"].items()},
-            "target_class": case.target_class, "target_class_name": loaded.card.classes[case.target_class],
+            "target_class": case.target_class, "target_class_name": loaded.class_names[case.target_class],
             "segment_name": case.segment_name, "label_values": case.label_values,
             "pixel_set": "point" if row.point else "segment", "slice_indices": list(result.slices_explained),
             "shape_kji": shape, "explain_seconds": round(result.seconds, 3)}
@@ -122,18 +122,17 @@ class BatchJob:
 
     settings: BatchSettings
     out: Path
-    loaded: LoadedModel | None = None
+    loaded: ExplainableModel | None = None
     device: str | None = None
     worker: str | None = None
     slice_bars: bool = False
     progress: Callable[[int, int], None] | None = None
 
-    def model(self) -> LoadedModel:
+    def model(self) -> ExplainableModel:
         """The model: the run's, else this process's (loaded on first use)."""
         if self.loaded is not None:
             return self.loaded
-        path, card = self.settings.model_path(), self.settings.card_path()
-        return _process_model(str(path), str(card), path.stat().st_mtime_ns)
+        return _process_model(self.settings, self.settings.model_path().stat().st_mtime_ns)
 
     def key(self, row: CaseRow) -> str:
         """The resume key (``resume.case_key``)."""
@@ -173,7 +172,7 @@ class BatchJob:
         return record
 
 
-def process_case(row: CaseRow, settings: BatchSettings, out: str | os.PathLike, *, loaded: LoadedModel | None = None,
+def process_case(row: CaseRow, settings: BatchSettings, out: str | os.PathLike, *, loaded: ExplainableModel | None = None,
                  device: str | None = None, progress: Callable[[int, int], None] | None = None,
                  worker: str | None = None) -> dict:
     """Explain one case into ``OUT/<case_id>/``, or skip it when it is already done (``loop.process_one``).

@@ -23,6 +23,15 @@ RECORD_FORMAT = "seghirescam-batch-case/1"
 RECORD_NAME = "case.json"
 
 
+def _file_sha256(path: Path) -> bytes:
+    """SHA-256 of one file, read in 1 MiB blocks (``hashlib.file_digest`` needs Python 3.11)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.digest()
+
+
 def path_digest(path: str | os.PathLike) -> str:
     """SHA-256 of a file's bytes (streamed), or of a folder's files (sorted relative names and contents).
 
@@ -37,18 +46,18 @@ def path_digest(path: str | os.PathLike) -> str:
     for file in files:
         if path.is_dir():
             digest.update(str(file.relative_to(path)).encode())
-        with file.open("rb") as handle:
-            digest.update(hashlib.file_digest(handle, "sha256").digest())
+        digest.update(_file_sha256(file))
     return digest.hexdigest()
 
 
-def model_digest(weights: str | os.PathLike, card: str | os.PathLike) -> str:
-    """SHA-256 of a model's weights and card files.
+def model_digest(weights: str | os.PathLike, card: str | os.PathLike | None) -> str:
+    """SHA-256 of a model's weights and card files (a model folder: all its files; no card).
 
     Raises:
         FileNotFoundError: If either is missing.
     """
-    return hashlib.sha256((path_digest(weights) + path_digest(card)).encode()).hexdigest()
+    card_digest = path_digest(card) if card is not None else ""
+    return hashlib.sha256((path_digest(weights) + card_digest).encode()).hexdigest()
 
 
 def with_model_digest(settings: BatchSettings) -> BatchSettings:
@@ -59,7 +68,8 @@ def with_model_digest(settings: BatchSettings) -> BatchSettings:
         FileNotFoundError: If the weights or the card are missing.
     """
     model, card = settings.model_path(), settings.card_path()
-    return dataclasses.replace(settings, model=str(model), card=str(card), model_sha256=model_digest(model, card))
+    return dataclasses.replace(settings, model=str(model), card=str(card) if card is not None else None,
+                               model_sha256=model_digest(model, card))
 
 
 def case_key(row: CaseRow, settings: BatchSettings) -> str:

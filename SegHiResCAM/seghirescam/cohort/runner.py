@@ -21,6 +21,7 @@ from pathlib import Path
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from seghirescam.cohort.executors import EXECUTORS
 from seghirescam.atomic import write_text_atomic
 from seghirescam.cohort.case_runner import STAGING, BatchJob
 from seghirescam.cohort.loop import run_cases, run_locally
@@ -32,7 +33,6 @@ __all__ = ["run_batch", "BatchReport", "BatchSettings", "write_summary", "EXECUT
 
 logger = logging.getLogger(__name__)
 
-EXECUTORS = ("local", "dask")
 SUMMARY_NAME = "summary.csv"
 
 
@@ -120,7 +120,7 @@ def run_batch(manifest: str | os.PathLike | Sequence[CaseRow], out: str | os.Pat
         KeyboardInterrupt: After cleaning up and writing the summary of the finished cases.
     """
     if executor not in EXECUTORS:
-        raise ValueError(f"executor must be one of {EXECUTORS}, got {executor!r}")
+        raise ValueError(f"executor must be one of {tuple(EXECUTORS)}, got {executor!r}")
     if executor == "local" and (scheduler or workers):
         raise ValueError("--scheduler and --workers need --executor dask")
     if scheduler and workers:

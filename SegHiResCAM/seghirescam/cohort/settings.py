@@ -6,10 +6,10 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from seghirescam.cam.engine import DEFAULT_METHODS
-from seghirescam.cam.pixel_sets import DEFAULT_POINT_RADIUS
-from seghirescam.cam.vocabulary import DEFAULT_NORMALIZATION
-from seghirescam.models.loading import LoadedModel, card_path_for, default_model_path, load_model
+from seghirescam.cam.method_info import DEFAULT_METHOD_KEYS
+from seghirescam.cam.vocabulary import DEFAULT_NORMALIZATION, DEFAULT_POINT_RADIUS
+from seghirescam.models.explainable import ExplainableModel, load_explainable_model
+from seghirescam.models.loading import card_path_for, default_model_path
 
 __all__ = ["BatchSettings"]
 
@@ -19,7 +19,9 @@ class BatchSettings:
     """Settings of a cohort run (picklable: they travel to Dask workers).
 
     Attributes:
-        model, card: Weights file and card (None: the shipped default / ``<model>.card.json``).
+        model, card: A model file and its card (None: the shipped default / ``<model>.card.json``), or an
+            nnU-Net v2 results folder (no card).
+        folds, checkpoint, mirroring: nnU-Net options (``models.explainable.load_explainable_model``).
         methods, layers: What to explain (layers None: ``cam.layers.default_layers`` of the card's layers).
         device: "auto", "cpu", "cuda", "cuda:N" ("auto" on a Dask worker: its pinned GPU).
         batch_size: Slices per batch or "auto".
@@ -34,7 +36,10 @@ class BatchSettings:
 
     model: str | None = None
     card: str | None = None
-    methods: tuple[str, ...] = DEFAULT_METHODS
+    folds: tuple[int | str, ...] = ("all",)
+    checkpoint: str = "checkpoint_final.pth"
+    mirroring: bool = False
+    methods: tuple[str, ...] = DEFAULT_METHOD_KEYS
     layers: tuple[str, ...] | None = None
     device: str = "auto"
     batch_size: int | str = "auto"
@@ -47,16 +52,19 @@ class BatchSettings:
     model_sha256: str = ""
 
     def model_path(self) -> Path:
-        """The weights file (the shipped default when ``model`` is None)."""
+        """The model file or folder (the shipped default when ``model`` is None)."""
         return Path(self.model).resolve() if self.model else default_model_path()
 
-    def card_path(self) -> Path:
-        """The card file."""
+    def card_path(self) -> Path | None:
+        """The card file of a model file; None for a model folder (nnU-Net), which carries its own metadata."""
+        if self.model_path().is_dir():
+            return None
         return Path(self.card).resolve() if self.card else card_path_for(self.model_path())
 
-    def load_model(self) -> LoadedModel:
-        """The model and its card, loaded (once per run, or once per Dask worker)."""
-        return load_model(self.model_path(), self.card_path())
+    def load_model(self) -> ExplainableModel:
+        """The model, loaded (once per run, or once per Dask worker)."""
+        return load_explainable_model(self.model_path(), card=self.card_path(), folds=self.folds,
+                                      checkpoint=self.checkpoint, use_mirroring=self.mirroring)
 
     def key_fields(self) -> dict:
         """The settings that change the outputs: all but device and batch size (slices are

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from seghirescam.models.loading import LoadedModel
+from seghirescam.models.class_names import resolve_target_class
+from seghirescam.models.explainable import ExplainableModel
 from seghirescam.ct.pipeline import predict_ct
 from seghirescam.cam.pixel_sets import DEFAULT_POINT_RADIUS, FILE_PIXEL_SETS, pixel_set_from_points
 from seghirescam.imaging.volumes import Volume, axial_axis, read_volume, resample_labels_onto
@@ -86,7 +87,7 @@ def resolve_segment(names: dict[int, str], values: Sequence[int] | None = None,
     return values, names.get(values[0], f"label {values[0]}")
 
 
-def prepare_case(ct_path: str | os.PathLike, seg_path: str | os.PathLike, loaded: LoadedModel, *,
+def prepare_case(ct_path: str | os.PathLike, seg_path: str | os.PathLike, model: ExplainableModel, *,
                  label_values: Sequence[int] | None = None, segment_name: str | None = None,
                  label_names: dict[int, str] | None = None, target_class: str | int | None = None,
                  pixel_set: str = "segment", point: Sequence[int] | None = None,
@@ -97,11 +98,11 @@ def prepare_case(ct_path: str | os.PathLike, seg_path: str | os.PathLike, loaded
     Args:
         ct_path: CT file or DICOM folder (HU).
         seg_path: Label file; resampled onto the CT's grid if needed.
-        loaded: The model (its card names the classes and the segment-to-class rule).
+        model: Any explainable model (it names the classes and its segment-to-class rule).
         label_values, segment_name: The segment, as label values or as a name (one of the two).
-        label_names: Label value -> name (default: the card's classes, value c = class c).
+        label_names: Label value -> name (default: the model's classes, value c = class c).
         target_class: Class index or name (default: from the segment's name); see
-            ``ModelCard.resolve_target_class``.
+            ``models.class_names.resolve_target_class``.
         pixel_set: "segment", "prediction" (the model's own argmax of the class) or "point".
         point: (i, j, k) voxel index of the CT, for pixel set "point".
         point_radius: In-plane disc radius (pixels) around the point (``DEFAULT_POINT_RADIUS``).
@@ -120,19 +121,19 @@ def prepare_case(ct_path: str | os.PathLike, seg_path: str | os.PathLike, loaded
         raise ValueError(f"pixel set must be one of {PIXEL_SETS}, got {pixel_set!r}")
     ct = read_volume(ct_path)
     labels = resample_labels_onto(read_volume(seg_path), ct.geometry, ct.array.shape)
-    names = label_names if label_names is not None else dict(enumerate(loaded.card.classes))
+    names = label_names if label_names is not None else dict(enumerate(model.class_names))
     values, name = resolve_segment(names, label_values, segment_name)
     segment = np.isin(labels, values)
     del labels
     if not segment.any():
         raise ValueError(f"the segment {name!r} (label {values}) is empty on the CT's grid")
-    c = loaded.card.resolve_target_class(target_class, name)
+    c = resolve_target_class(model.class_names, target_class, name, match=model.class_for_segment)
     if pixel_set == "segment":
         mask = segment
     elif pixel_set == "prediction":
-        mask = predict_ct(ct, loaded, device=device) == c
+        mask = predict_ct(ct, model, device=device) == c
         if not mask.any():
-            raise ValueError(f"the model predicts no {loaded.card.classes[c]} on this CT: no pixel set")
+            raise ValueError(f"the model predicts no {model.class_names[c]} on this CT: no pixel set")
     else:
         if point is None:
             raise ValueError("--pixel-set point needs --point I,J,K")

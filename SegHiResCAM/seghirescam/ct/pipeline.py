@@ -1,77 +1,56 @@
-"""A CT in, maps on the CT's own grid out: orientation to the model's convention and back.
+"""A CT in, maps on the CT's own grid out, for any explainable model.
 
-Arrays here are in the CT's (k, j, i) order; the model sees (s, r, c) axial slices in its
-card's convention (``volumes.SliceOrientation``), and the maps come back in (k, j, i).
+The model decides how it sees the CT (slices or patches, orientation, spacing, intensities) and
+returns its maps on the CT's grid: see ``models.explainable.ExplainableModel``. Arrays are in the
+CT's (k, j, i) order.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from seghirescam.cam.engine import DEFAULT_METHODS, explain_volume
-from seghirescam.cam.inference import predict_volume
-from seghirescam.cam.layers import default_layers
-from seghirescam.cam.vocabulary import DEFAULT_NORMALIZATION
+from seghirescam.cam.engine import DEFAULT_METHODS
 from seghirescam.cam.methods import CAMMethod
-from seghirescam.models.loading import LoadedModel
 from seghirescam.cam.result import ExplanationResult
-from seghirescam.imaging.volumes import SliceOrientation, Volume
+from seghirescam.cam.vocabulary import DEFAULT_NORMALIZATION
+from seghirescam.imaging.volumes import Volume
+from seghirescam.models.explainable import ExplainableModel
 
 __all__ = ["explain_ct", "predict_ct"]
 
 
-def predict_ct(ct: Volume, loaded: LoadedModel, *, device: str = "auto",
+def predict_ct(ct: Volume, model: ExplainableModel, *, device: str = "auto",
                progress: Callable[[int, int], None] | None = None) -> np.ndarray:
-    """The model's label map of a CT, (k, j, i) uint8 on the CT's grid."""
-    orientation = SliceOrientation.from_geometry(ct.geometry)
-    labels = predict_volume(loaded.model, orientation.to_slices(ct.array), preprocess=loaded.card.preprocess,
-                            device=device, progress=progress)
-    return np.ascontiguousarray(orientation.from_slices(labels))
+    """The model's label map of a CT, (k, j, i) on the CT's grid."""
+    return model.predict_ct(ct, device=device, progress=progress)
 
 
-def explain_ct(ct: Volume, mask: np.ndarray, loaded: LoadedModel, target_class: int, *,
+def explain_ct(ct: Volume, mask: np.ndarray, model: ExplainableModel, target_class: int, *,
                layers: Sequence[str] | None = None, methods: Sequence[str | CAMMethod] = DEFAULT_METHODS,
                device: str = "auto", batch_size: int | str = "auto", normalize: str = DEFAULT_NORMALIZATION,
                progress: Callable[[int, int], None] | None = None, cancel: Callable[[], bool] | None = None,
                map_dtype: np.dtype | type = np.float32) -> ExplanationResult:
-    """Explain a CT slice by slice along its axial axis, whatever its direction matrix.
+    """Explain class ``target_class`` of any explainable model on a CT, whatever its direction matrix.
 
     Args:
         ct: The CT (HU) with its geometry.
         mask: Pixel set M, bool (k, j, i) on the CT's grid.
-        loaded: Model and card (the card gives preprocessing and the size policy).
+        model: The project's U-Net with its card, an nnU-Net results folder, ... (``models.explainable``).
         target_class: Class c.
-        layers: Layers to explain (default: ``cam.layers.default_layers`` of the card's layers).
-        methods, device, batch_size, normalize, progress, cancel, map_dtype: As for
-            ``explain_volume``.
+        layers: Layers to explain (default: the model's ``default_layer``).
+        methods, device, batch_size, normalize, progress, cancel, map_dtype: As for ``explain_volume``.
 
     Returns:
-        The result with maps in the CT's (k, j, i) order; ``axis`` is the CT's axial numpy
-        axis and ``slices_explained`` indexes along it.
+        The result with maps in the CT's (k, j, i) order; ``axis`` is the CT's axial numpy axis and
+        ``slices_explained`` indexes along it.
 
     Raises:
-        ValueError: If the mask is not on the CT's grid, or as ``explain_volume``.
+        ValueError: If the mask is not on the CT's grid, or for bad layers, methods or classes.
     """
     if mask.shape != ct.array.shape:
         raise ValueError(f"the pixel set has shape {mask.shape} but the CT has {ct.array.shape}")
-    orientation = SliceOrientation.from_geometry(ct.geometry)
-    result = explain_volume(loaded.model, orientation.to_slices(ct.array), orientation.to_slices(mask), target_class,
-                            layers=tuple(layers or default_layers(loaded.card.layers)), methods=methods, axis=0,
-                            batch_size=batch_size, device=device, normalize=normalize,
-                            preprocess=loaded.card.preprocess, pad_to_multiple=loaded.card.size_multiple,
-                            progress=progress, cancel=cancel, map_dtype=map_dtype)
-    n = ct.array.shape[orientation.permutation[0]]
-    to_ct_index = (lambda s: n - 1 - s) if orientation.flips[0] else (lambda s: s)
-    maps = {}
-    for key in list(result.maps):  # one map at a time: a reoriented copy replaces its original
-        maps[key] = np.ascontiguousarray(orientation.from_slices(result.maps.pop(key)))
-    return dataclasses.replace(
-        result,
-        maps=maps,
-        scales={key: scale[::-1].copy() if orientation.flips[0] else scale for key, scale in result.scales.items()},
-        slices_explained=tuple(sorted(to_ct_index(s) for s in result.slices_explained)),
-        axis=orientation.permutation[0],
-    )
+    return model.explain_ct(ct, mask, target_class, layers=layers, methods=methods, device=device,
+                            batch_size=batch_size, normalize=normalize, progress=progress, cancel=cancel,
+                            map_dtype=map_dtype)

@@ -16,6 +16,7 @@ import numpy as np
 from scipy import ndimage
 from torch import nn
 
+from seghirescam.evaluation.config import PHANTOM_SEEDS, PHANTOM_SHAPE, PHANTOM_SPACING, REAL_CT_SLAB
 from seghirescam.models.card import ModelCard
 from seghirescam.cam.inference import predict_volume
 from seghirescam.evaluation.localisation import dilate
@@ -25,10 +26,6 @@ from seghirescam.imaging.volumes import SliceOrientation, read_volume
 __all__ = ["EvalTarget", "phantom_targets", "real_ct_targets", "body_mask", "pixel_set", "reference_maps", "PHANTOM_SEEDS", "PHANTOM_SHAPE",
            "PHANTOM_SPACING", "REAL_CT_SLAB"]
 
-PHANTOM_SEEDS = (7001, 7002, 7003, 7004)  # disjoint from training (1000..1047) and validation (9001..9004)
-PHANTOM_SHAPE = (40, 112, 112)
-PHANTOM_SPACING = (3.0, 3.0, 5.0)  # (i, j, k) mm
-REAL_CT_SLAB = (92, 112)  # the default model's held-out axial slab (train.HELD_OUT_SLAB), display order
 _TOTALSEG_KIDNEYS = {"right": 2, "left": 3}
 
 

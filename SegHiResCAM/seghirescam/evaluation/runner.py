@@ -25,6 +25,7 @@ from torch import nn
 from seghirescam.models.card import ModelCard
 from seghirescam.cam.engine import explain_slices
 from seghirescam.cam.methods import METHODS
+from seghirescam.evaluation.config import EvaluationConfig
 from seghirescam.evaluation.cases import EvalTarget, pixel_set, reference_maps
 from seghirescam.evaluation.labels import REFERENCE_LABELS
 from seghirescam.evaluation.exactness import COLLAPSE_TOLERANCE, collapse_errors, exactness_errors, head_bias
@@ -40,38 +41,6 @@ log = logging.getLogger(__name__)
 REFERENCES = tuple(REFERENCE_LABELS)  # the names reference_maps gives
 NO_LAYER = "-"  # the layer of a reference map, which depends on no layer
 TISSUE_HU = (-150.0, 250.0)  # soft tissue and fat, no air, no bone: the tissue-mean fill's pixels
-
-
-@dataclass(frozen=True)
-class EvaluationConfig:
-    """Settings of an evaluation run (the defaults are the README's run).
-
-    Attributes:
-        layers: What to explain.
-        methods: Method keys; default: every registered method at the time the config is made.
-        slices_per_target: The slices with the largest M, per target.
-        steps: Curve steps: fractions 0, 1/steps, ..., 1 of the slice's pixels.
-        blur_sigma: Gaussian sigma (pixels) of the blurred fill.
-        dilation: Radius (pixels) of "M dilated" for localisation.
-        dice_zone: Radius (pixels) around M inside which predicted pixels count for the Dice.
-        pixel_set: "label" (M = reference label) or "prediction" (the model's own segmentation of
-            the structure: predicted components touching the label).
-        seed: Seeds tie-breaking, the random map and the randomised weights.
-        sanity: Run the cascading randomisation.
-        chunk: Slices per forward pass.
-    """
-
-    layers: tuple[str, ...] = ("bottleneck", "dec2", "dec1")
-    methods: tuple[str, ...] = field(default_factory=lambda: tuple(METHODS))
-    slices_per_target: int = 4
-    steps: int = 10
-    blur_sigma: float = 8.0
-    dilation: int = 3
-    dice_zone: int = 10
-    pixel_set: str = "label"
-    seed: int = 0
-    sanity: bool = True
-    chunk: int = 64
 
 
 @dataclass

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from seghirescam.models.class_names import class_for_segment_name
+from seghirescam.models.class_names import class_for_segment_name, resolve_target_class
 
 from seghirescam.atomic import write_text_atomic
 
@@ -127,31 +127,8 @@ class ModelCard:
                                       preferred=self.preferred_classes)
 
     def resolve_target_class(self, target_class: int | str | None, segment_name: str | None = None) -> int:
-        """The class c to explain: the one rule for the command line, cohorts and the Slicer Logic.
-
-        Args:
-            target_class: A class index (int or digits, e.g. "1"), a class name or a name that
-                ``class_for_segment`` understands ("Tumour"); None: read from ``segment_name``.
-            segment_name: The segment's name, used when ``target_class`` is None.
-
-        Returns:
-            The class index, 0..num_classes - 1.
-
-        Raises:
-            ValueError: If the index is out of range, the name matches no class, or neither is
-                given (each message lists the classes to choose from).
-        """
-        if target_class is None:
-            if not segment_name:
-                raise ValueError(f"choose a target class ({', '.join(self.classes)}) or a segment whose name names one")
-            return self.class_for_segment(segment_name)
-        if isinstance(target_class, str) and not target_class.strip().isdigit():
-            return self.class_for_segment(target_class)
-        index = int(target_class)
-        if not 0 <= index < self.num_classes:
-            raise ValueError(f"target class {index} is out of range 0..{self.num_classes - 1} "
-                             f"({', '.join(self.classes)})")
-        return index
+        """The class c to explain (``models.class_names.resolve_target_class`` with this card's vocabulary)."""
+        return resolve_target_class(self.classes, target_class, segment_name, match=self.class_for_segment)
 
     def to_json(self) -> str:
         """The card as JSON text (with a format tag)."""

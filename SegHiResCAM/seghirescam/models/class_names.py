@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
-__all__ = ["class_for_segment_name"]
+__all__ = ["class_for_segment_name", "resolve_target_class"]
 
 
 def class_for_segment_name(classes: Sequence[str], segment_name: str, *,
@@ -44,3 +44,34 @@ def class_for_segment_name(classes: Sequence[str], segment_name: str, *,
         raise ValueError(f"segment name {segment_name!r} {reason}; choose the target class from "
                          f"{', '.join(classes)}")
     return hits.pop()
+
+
+def resolve_target_class(classes: Sequence[str], target_class: int | str | None, segment_name: str | None = None, *,
+                         match: Callable[[str], int] | None = None) -> int:
+    """The class c to explain: the one rule for the command line, cohorts and the Slicer Logic.
+
+    Args:
+        classes: The model's class names, in output-channel order.
+        target_class: A class index (int or digits, e.g. "1"), a class name or a name that
+            ``match`` understands ("Tumour"); None: read from ``segment_name``.
+        segment_name: The segment's name, used when ``target_class`` is None.
+        match: The model's segment-name rule (default: ``class_for_segment_name`` on ``classes``).
+
+    Returns:
+        The class index, 0..len(classes) - 1.
+
+    Raises:
+        ValueError: If the index is out of range, the name matches no class, or neither is
+            given (each message lists the classes to choose from).
+    """
+    match = match or (lambda name: class_for_segment_name(classes, name))
+    if target_class is None:
+        if not segment_name:
+            raise ValueError(f"choose a target class ({', '.join(classes)}) or a segment whose name names one")
+        return match(segment_name)
+    if isinstance(target_class, str) and not target_class.strip().isdigit():
+        return match(target_class)
+    index = int(target_class)
+    if not 0 <= index < len(classes):
+        raise ValueError(f"target class {index} is out of range 0..{len(classes) - 1} ({', '.join(classes)})")
+    return index

@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from seghirescam.atomic import atomic_path
+from seghirescam.cam.layers import default_layers
 from seghirescam.models.card import CardError, ModelCard
 from seghirescam.models.unet import UNet2D, head_input_layers
 
@@ -29,17 +30,65 @@ DEFAULT_MODEL_NAME = "kidney_unet_default.safetensors"
 
 @dataclass
 class LoadedModel:
-    """A model ready to explain, with its card.
+    """A 2D model file with its card, explained slice by slice (an ``ExplainableModel``).
 
     Attributes:
         model: The network in eval mode on the CPU.
-        card: Its model card.
+        card: Its model card (classes, preprocessing, size policy, layers).
         path: The weights file it came from.
     """
 
     model: nn.Module
     card: ModelCard
     path: Path
+    family = "model file with a card"
+    spatial_dims = 2
+
+    @property
+    def name(self) -> str:
+        """The card's name and the file's."""
+        return f"{self.card.name} ({self.path.name})"
+
+    @property
+    def source(self) -> Path:
+        """The weights file."""
+        return self.path
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """The card's classes, in output-channel order."""
+        return tuple(self.card.classes)
+
+    @property
+    def layers(self) -> tuple[str, ...]:
+        """The card's explainable layers, in forward order."""
+        return tuple(self.card.layers)
+
+    @property
+    def default_layer(self) -> str:
+        """"bottleneck" when listed, else the middle layer (``cam.layers.default_layers``)."""
+        return default_layers(self.card.layers)[0]
+
+    @property
+    def head_input_layers(self) -> tuple[str, ...]:
+        """Layers feeding the 1x1 head (their CAMs collapse to the logit map)."""
+        return tuple(self.card.head_input_layers)
+
+    def class_for_segment(self, segment_name: str) -> int:
+        """The class a segment's name asks for, by the card's vocabulary."""
+        return self.card.class_for_segment(segment_name)
+
+    def predict_ct(self, ct, *, device: str = "auto", progress=None):
+        """The predicted label map, uint8 (k, j, i) on the CT's grid (``models.slicewise``)."""
+        from seghirescam.models.slicewise import predict_slicewise
+
+        return predict_slicewise(ct, self, device=device, progress=progress)
+
+    def explain_ct(self, ct, mask, target_class: int, **options):
+        """Slice-wise CAMs on the CT's grid; options as ``models.slicewise.explain_slicewise``."""
+        from seghirescam.models.slicewise import explain_slicewise
+
+        return explain_slicewise(ct, mask, self, target_class, **options)
 
 
 def default_model_path() -> Path:

@@ -19,13 +19,13 @@ import slicer
 from seghirescam.cam.engine import DEFAULT_METHODS
 from seghirescam.cam.method_info import MethodInfo, display_name, registered_methods
 from seghirescam.imaging.geometry import Geometry
-from seghirescam.models.loading import LoadedModel, load_default_model, load_model
+from seghirescam.models.class_names import resolve_target_class
+from seghirescam.models.explainable import ExplainableModel, load_explainable_model
 from seghirescam.mrml.display import heatmap_color_node, setup_heatmap_display, show_in_slice_views
 from seghirescam.mrml.nodes import (add_heatmap_node, add_prediction_segmentation, ct_array_and_geometry, ijk_to_ras_of, node_ids,
                       remove_nodes, remove_with_dependents, segment_mask, voxel_at_world)
 from seghirescam.mrml.render import renderSliceView
 from seghirescam.ct.pipeline import explain_ct, predict_ct
-from seghirescam.cam.layers import default_layers
 from seghirescam.cam.pixel_sets import DEFAULT_POINT_RADIUS, PIXEL_SETS, pixel_set_from_points, pixel_set_whole_slices
 from seghirescam.cam.vocabulary import DEFAULT_NORMALIZATION
 from seghirescam.cam.result import ExplanationCancelled
@@ -54,30 +54,33 @@ class SegHiResCAMLogic:
         if self.scene is None:
             raise ValueError("no MRML scene: pass scene= when running outside the Slicer application")
         self.colorLogic = colorLogic
-        self._models: dict[str, LoadedModel] = {}
+        self._models: dict[tuple, ExplainableModel] = {}
         self.lastPredictionNode: slicer.vtkMRMLSegmentationNode | None = None
 
     # ---- models and layers -------------------------------------------------------------------
-    def loadModel(self, path: str | None = None) -> LoadedModel:
-        """The model at ``path`` (None or "": the shipped default), loaded once and cached.
+    def loadModel(self, path: str | None = None, **options: object) -> ExplainableModel:
+        """The model at ``path``, loaded once and cached: a model file with its card or an nnU-Net v2
+        results folder (None or "": the shipped default U-Net). A model that fails to load raises; it
+        is never replaced by another model.
+
+        Args:
+            path: File or folder.
+            **options: ``card``, or nnU-Net's ``folds``, ``checkpoint``, ``use_mirroring``
+                (``models.explainable.load_explainable_model``).
 
         Raises:
-            FileNotFoundError, seghirescam.models.card.CardError: As ``load_model`` does.
+            FileNotFoundError, ValueError: One clear message naming the path and the cause.
         """
-        key = str(path or "")
+        key = (str(path or ""), tuple(sorted((k, str(v)) for k, v in options.items())))
         if key not in self._models:
-            self._models[key] = load_model(path) if path else load_default_model()
+            self._models[key] = load_explainable_model(path or None, **options)
         return self._models[key]
 
     @staticmethod
-    def defaultLayer(model: LoadedModel) -> str:
-        """Returns: the layer explained when none is chosen (``cam.layers.default_layers`` of the card's
-        layers: "bottleneck" if listed, else the middle one).
-
-        Raises:
-            ValueError: If the card lists no explainable layer.
-        """
-        return default_layers(model.card.layers)[0]
+    def defaultLayer(model: ExplainableModel) -> str:
+        """Returns: the layer explained when none is chosen (the U-Net's bottleneck, nnU-Net's deepest
+        encoder stage): the model's ``default_layer``."""
+        return model.default_layer
 
     @staticmethod
     def methodChoices() -> list[MethodInfo]:
@@ -86,10 +89,10 @@ class SegHiResCAMLogic:
         return list(registered_methods())
 
     @staticmethod
-    def layerChoices(model: LoadedModel) -> list[tuple[str, bool]]:
+    def layerChoices(model: ExplainableModel) -> list[tuple[str, bool]]:
         """Returns: [(layer, collapses)] in forward order; collapses=True for layers feeding the head
         directly, where both CAMs reduce to the logit map (they explain nothing beyond the segmentation)."""
-        return [(layer, layer in model.card.head_input_layers) for layer in model.card.layers]
+        return [(layer, layer in model.head_input_layers) for layer in model.layers]
 
     # ---- results in the scene ----------------------------------------------------------------
     def resultNodes(self, ctNode: slicer.vtkMRMLVolumeNode, role: str = "heatmap") -> list[slicer.vtkMRMLNode]:
@@ -117,7 +120,7 @@ class SegHiResCAMLogic:
 
     # ---- the run -----------------------------------------------------------------------------
     def process(self, ctNode: slicer.vtkMRMLScalarVolumeNode, segmentationNode: slicer.vtkMRMLSegmentationNode | None,
-                segmentId: str | None, *, model: LoadedModel | None = None, targetClass: int | str | None = None,
+                segmentId: str | None, *, model: ExplainableModel | None = None, targetClass: int | str | None = None,
                 layers: str | Sequence[str] | None = None, methods: Sequence[str] = DEFAULT_METHODS,
                 pixelSet: str = "segment", pointNode: slicer.vtkMRMLMarkupsNode | None = None,
                 sliceIndex: int | None = None, device: str = "auto", batchSize: int | str = "auto",
@@ -130,7 +133,8 @@ class SegHiResCAMLogic:
             ctNode: The CT (HU). Any direction matrix; slices are taken along its axial axis.
             segmentationNode, segmentId: The segment: the pixel set M (pixelSet "segment") and,
                 via its name, the target class (e.g. "Left kidney" -> kidney).
-            model: A ``LoadedModel``; default: the shipped default model.
+            model: Any explainable model (``loadModel``): the U-Net with its card, an nnU-Net folder; default:
+                the shipped default model.
             targetClass: Class index or name; None: from the segment's name (``ModelCard.resolve_target_class``).
             layers: Layer name(s); None: the deepest ("bottleneck"), see ``defaultLayer``.
             methods: CAM method names, e.g. ("seg-hires-grad-cam", "seg-grad-cam", "seg-xres-cam").
@@ -162,9 +166,8 @@ class SegHiResCAMLogic:
         if ctNode is None or not ctNode.IsA("vtkMRMLScalarVolumeNode") or ctNode.IsA("vtkMRMLLabelMapVolumeNode"):
             raise ValueError("choose a CT scalar volume as input")
         model = model or self.loadModel()
-        card = model.card
         segmentName = self._segmentName(segmentationNode, segmentId)
-        target = card.resolve_target_class(targetClass, segmentName)
+        target = resolve_target_class(model.class_names, targetClass, segmentName, match=model.class_for_segment)
         layerList = [layers] if isinstance(layers, str) else list(layers or [self.defaultLayer(model)])
         ct, geometry = ct_array_and_geometry(ctNode)
         axialAxis = SliceOrientation.from_geometry(geometry).permutation[0]
@@ -177,7 +180,7 @@ class SegHiResCAMLogic:
                 raise ExplanationCancelled("cancelled after the prediction")
             mask = predicted == target
             if not mask.any():
-                raise ValueError(f"the model predicts no {card.classes[target]!r} voxel in this CT: "
+                raise ValueError(f"the model predicts no {model.class_names[target]!r} voxel in this CT: "
                                  "choose another pixel set or class")
         elif pixelSet == "point":
             mask = self._pointMask(ctNode, pointNode, ct.shape, axialAxis)
@@ -191,9 +194,9 @@ class SegHiResCAMLogic:
         result = explain_ct(Volume(ct, geometry), mask, model, target, layers=layerList, methods=methods,
                             batch_size=batchSize, device=device, normalize=normalize, progress=progress, cancel=cancel)
         maps = result.maps
-        settings = {"SourceVolumeID": ctNode.GetID(), "TargetClass": card.classes[target], "TargetClassIndex": target,
-                    "PixelSet": pixelSet, "Segment": segmentName or "", "Model": card.name,
-                    "ModelPath": str(model.path),
+        settings = {"SourceVolumeID": ctNode.GetID(), "TargetClass": model.class_names[target], "TargetClassIndex": target,
+                    "PixelSet": pixelSet, "Segment": segmentName or "", "Model": model.name,
+                    "ModelPath": str(model.source),
                     "Normalize": normalize, "Device": result.device, "BatchSize": result.batch_size,
                     "SlicesExplained": len(result.slices_explained), "RunID": uuid.uuid4().hex,
                     "Seconds": f"{time.perf_counter() - started:.2f}"}
@@ -221,8 +224,8 @@ class SegHiResCAMLogic:
             prediction = None
             if predicted is not None:
                 attributes = {ATTRIBUTE_PREFIX + k: v for k, v in {**settings, "Role": "prediction"}.items()}
-                prediction = add_prediction_segmentation(self.scene, ctNode, predicted, model.card.classes,
-                                                         f"{prefix} prediction ({model.card.name})", attributes)
+                prediction = add_prediction_segmentation(self.scene, ctNode, predicted, model.class_names,
+                                                         f"{prefix} prediction ({model.name})", attributes)
             if not keepPrevious:
                 keep = [*nodes.values(), prediction, *inputs]
                 self.removeResults(ctNode, keep=keep)

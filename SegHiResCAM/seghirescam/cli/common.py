@@ -1,0 +1,117 @@
+"""Options and helpers shared by the subcommands; light to import (no torch), so ``--help`` is fast.
+
+Heavy modules (torch, the engine, the models) are imported inside the functions that run a
+command, never at the top of a ``cli`` module.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from seghirescam.cam.method_info import DEFAULT_METHOD_KEYS
+from seghirescam.cam.vocabulary import DEFAULT_NORMALIZATION, DEFAULT_POINT_RADIUS, NORMALIZATIONS, help_text
+from seghirescam.cli.method_option import add_method_option
+
+if TYPE_CHECKING:
+    from seghirescam.models.explainable import ExplainableModel
+
+__all__ = ["add_model_options", "add_engine_options", "add_point_radius_option", "load_model_from_args",
+           "engine_options", "ProgressBar", "VOLUME_FORMATS"]
+
+VOLUME_FORMATS = (".nrrd", ".nii.gz", ".mha")
+
+
+def _batch_size(text: str) -> int | str:
+    """argparse type of ``--batch-size``: a positive int or "auto"."""
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer or 'auto', got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer or 'auto', got {value}")
+    return value
+
+
+def _fold(text: str) -> int | str:
+    """argparse type of ``--fold``: "all" or a fold number."""
+    if text == "all":
+        return text
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"a fold is 'all' or a number, got {text!r}")
+    return int(text)
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    """``--model`` (file or folder), ``--card``, and the nnU-Net options ``--fold``, ``--checkpoint``, ``--mirroring``."""
+    group = parser.add_argument_group("model")
+    group.add_argument("--model", type=Path, help="a model file with its card (.safetensors, .pt state dict, "
+                       "TorchScript) or an nnU-Net v2 results folder (DatasetXXX_Name/TRAINER__PLANS__CONFIG); "
+                       "default: the shipped kidney U-Net")
+    group.add_argument("--card", type=Path, help="model card JSON of a model file (default: <model>.card.json)")
+    group.add_argument("--fold", type=_fold, action="append", dest="folds", metavar="FOLD",
+                       help="nnU-Net: fold to use, repeatable (several = an ensemble); default: all")
+    group.add_argument("--checkpoint", default="checkpoint_final.pth",
+                       help="nnU-Net: checkpoint file in each fold folder (default: checkpoint_final.pth)")
+    group.add_argument("--mirroring", action="store_true",
+                       help="nnU-Net: test-time mirroring in prediction and in the explained target (default: off)")
+
+
+def add_engine_options(parser: argparse.ArgumentParser) -> None:
+    """``--method``, ``--layer``, ``--device``, ``--batch-size``, ``--normalize``."""
+    add_method_option(parser, default=DEFAULT_METHOD_KEYS)
+    parser.add_argument("--layer", action="append", help="layer to explain, repeatable; default: the model's "
+                        "default layer (the U-Net's bottleneck, nnU-Net's deepest encoder stage)")
+    parser.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda, cuda:N, mps")
+    parser.add_argument("--batch-size", type=_batch_size, default="auto",
+                        help="slices per batch, or auto (default: auto)")
+    parser.add_argument("--normalize", default=DEFAULT_NORMALIZATION, choices=list(NORMALIZATIONS),
+                        help=help_text(NORMALIZATIONS))
+
+
+def add_point_radius_option(parser: argparse.ArgumentParser) -> None:
+    """``--point-radius`` (default ``DEFAULT_POINT_RADIUS``)."""
+    parser.add_argument("--point-radius", type=int, default=DEFAULT_POINT_RADIUS,
+                        help=f"in-plane disc radius (pixels) around a point, on its own slice; 0: the voxel alone "
+                        f"(default: {DEFAULT_POINT_RADIUS})")
+
+
+def load_model_from_args(args: argparse.Namespace) -> ExplainableModel:
+    """The model the options name (``models.explainable.load_explainable_model``)."""
+    from seghirescam.models.explainable import load_explainable_model
+
+    return load_explainable_model(args.model, card=args.card, folds=tuple(args.folds or ("all",)),
+                                  checkpoint=args.checkpoint, use_mirroring=args.mirroring)
+
+
+def engine_options(args: argparse.Namespace) -> dict:
+    """Keyword arguments of ``ExplainableModel.explain_ct`` from the engine options."""
+    return {"methods": tuple(args.method or DEFAULT_METHOD_KEYS), "device": args.device,
+            "batch_size": args.batch_size, "normalize": args.normalize}
+
+
+class ProgressBar:
+    """A tqdm bar fed by the engine's progress(done, total) callback.
+
+    Args:
+        description: The bar's label.
+        unit: What is counted ("slice", "tile").
+    """
+
+    def __init__(self, description: str, unit: str = "step") -> None:
+        self.description, self.unit, self.bar = description, unit, None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=self.description, unit=self.unit, leave=False)
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        """Remove the bar from the terminal."""
+        if self.bar is not None:
+            self.bar.close()
