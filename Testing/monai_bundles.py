@@ -6,7 +6,8 @@ A bundle is written the way MONAI's tooling lays it out: ``configs/inference.jso
 network that MONAI's ``ConfigParser`` builds from ``network_def``, with seeded random weights.
 
 Two kinds: a 2D ``monai.networks.nets.UNet`` run slice-wise by a ``SliceInferer`` (axial slices:
-spatial_dim 2 after ``Orientationd(RAS)``), and a 3D ``BasicUNet`` run by a Gaussian
+spatial_dim 2 after ``Orientationd(RAS)``; its ``Spacingd`` keeps the CT's spacing, so its frame
+is an exact permutation and flip of the CT's grid), and a 3D ``BasicUNet`` run by a Gaussian
 ``SlidingWindowInferer`` after ``Spacingd`` and ``CropForegroundd``. Both window the CT with
 ``ScaleIntensityRanged``.
 
@@ -58,7 +59,8 @@ def _config_2d() -> dict:
             {"_target_": "LoadImaged", "keys": "@image_key"},
             {"_target_": "EnsureChannelFirstd", "keys": "@image_key"},
             {"_target_": "Orientationd", "keys": "@image_key", "axcodes": "RAS"},
-            {"_target_": "Spacingd", "keys": "@image_key", "pixdim": [1.0, 1.0, -1.0], "mode": "bilinear"},
+            # the CT's own spacing in RAS order (j, i; k kept): the frame is an exact permutation of the CT
+            {"_target_": "Spacingd", "keys": "@image_key", "pixdim": [0.7, 0.8, -1.0], "mode": "bilinear"},
             {"_target_": "ScaleIntensityRanged", "keys": "@image_key", **WINDOW},
             {"_target_": "EnsureTyped", "keys": "@image_key"}]},
         "inferer": {"_target_": "SliceInferer", "spatial_dim": 2, "roi_size": [32, 32], "sw_batch_size": 4,

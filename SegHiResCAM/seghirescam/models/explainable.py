@@ -87,6 +87,18 @@ def _load_nnunet(path: Path, *, folds: Sequence[int | str] = ("all",), checkpoin
     return load_nnunet_model(path, folds=folds, checkpoint=checkpoint, use_mirroring=use_mirroring)
 
 
+def _is_monai_bundle(path: Path) -> bool:
+    from seghirescam.models.monai_bundle import is_monai_bundle  # MONAI itself is imported only to load one
+
+    return is_monai_bundle(path)
+
+
+def _load_monai_bundle(path: Path, *, trust_code: bool = False, **_ignored: object) -> ExplainableModel:
+    from seghirescam.models.monai_bundle import load_monai_bundle
+
+    return load_monai_bundle(path, trust_code=trust_code)
+
+
 def _is_model_file(path: Path) -> bool:
     return path.is_file()
 
@@ -99,6 +111,8 @@ def _load_model_file(path: Path, *, card: str | os.PathLike | None = None, **_ig
 
 FAMILIES: tuple[ModelFamily, ...] = (
     ModelFamily("nnU-Net v2 results folder (plans.json, dataset.json, fold_N/)", _is_nnunet, _load_nnunet),
+    ModelFamily("MONAI bundle folder (configs/inference.json, configs/metadata.json, models/model.pt)",
+                _is_monai_bundle, _load_monai_bundle),
     ModelFamily("model file with a card (.safetensors, .pt state dict, TorchScript)", _is_model_file,
                 _load_model_file),
 )
@@ -127,7 +141,8 @@ def load_explainable_model(path: str | os.PathLike | None = None, **options: obj
     Args:
         path: The file or folder; None for the shipped default U-Net.
         **options: Family options: ``card`` (model files), ``folds``, ``checkpoint``,
-            ``use_mirroring`` (nnU-Net); options of other families are ignored.
+            ``use_mirroring`` (nnU-Net), ``trust_code`` (MONAI bundles whose config runs code);
+            options of other families are ignored.
 
     Returns:
         The model.

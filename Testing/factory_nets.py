@@ -1,0 +1,49 @@
+"""Factory functions for ``load_factory_model`` tests: plain PyTorch networks built by name.
+
+Arrays: (B, C, H, W) in, logits (B, classes, H, W) out; H, W multiples of 4.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+NOT_A_FUNCTION = 3
+
+
+def _block(in_channels: int, out_channels: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 3, padding=1), nn.GroupNorm(1, out_channels), nn.ReLU())
+
+
+class TinySegNet(nn.Module):
+    """Two levels down, two up, a 1x1 head: an encoder-decoder that is not the project's U-Net."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 3, width: int = 4) -> None:
+        super().__init__()
+        self.stem = _block(in_channels, width)
+        self.down = nn.Sequential(nn.MaxPool2d(2), _block(width, 2 * width))
+        self.deep = nn.Sequential(nn.MaxPool2d(2), _block(2 * width, 4 * width))
+        self.up2 = nn.Sequential(nn.Upsample(scale_factor=2), _block(4 * width, 2 * width))
+        self.up1 = nn.Sequential(nn.Upsample(scale_factor=2), _block(4 * width, width))
+        self.head = nn.Conv2d(width, num_classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        down = self.down(self.stem(x))
+        up = self.up2(self.deep(down))
+        return self.head(self.up1(torch.cat([up, down], 1)))
+
+
+def tiny_segnet(width: int = 4, num_classes: int = 3) -> TinySegNet:
+    """The factory: a TinySegNet with seeded random weights."""
+    torch.manual_seed(0)
+    return TinySegNet(1, num_classes, width)
+
+
+def tiny_segnet_3d() -> nn.Module:
+    """A 3D network (refused by the factory loader)."""
+    return nn.Sequential(nn.Conv3d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv3d(4, 3, 1))
+
+
+def not_a_network() -> str:
+    """A factory that returns no module."""
+    return "not a network"
