@@ -39,11 +39,16 @@ def tiny_segnet(width: int = 4, num_classes: int = 3) -> TinySegNet:
     return TinySegNet(1, num_classes, width)
 
 
-def tiny_segnet_3d() -> nn.Module:
+def tiny_segnet_3d(**_kwargs: object) -> nn.Module:
     """A 3D network (refused by the factory loader)."""
     return nn.Sequential(nn.Conv3d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv3d(4, 3, 1))
 
 
-def not_a_network() -> str:
+def not_a_network(**_kwargs: object) -> str:
     """A factory that returns no module."""
     return "not a network"
+
+
+def broken_factory(**_kwargs: object) -> nn.Module:
+    """A factory whose own code fails."""
+    raise RuntimeError("this factory needs a GPU")

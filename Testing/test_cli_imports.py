@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 _PROBE = """
 import json, sys
 from seghirescam.cli import main
@@ -37,6 +39,7 @@ def test_help_imports_no_torch_scipy_dask_or_evaluation(tmp_path):
     assert set(_loaded(modules, "seghirescam.evaluation")) <= ALLOWED_EVALUATION
 
 
+@pytest.mark.slow
 def test_demo_imports_no_scipy_dask_or_evaluation_code(tmp_path):
     modules = _modules_after("demo", "--out", str(tmp_path / "demo"), cwd=tmp_path)
     assert "seghirescam.cam.engine" in modules  # it did run

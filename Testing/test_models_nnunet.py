@@ -99,7 +99,7 @@ def _rel_close(a: np.ndarray, b: np.ndarray, rel: float = REL) -> None:
 # ------------------------------------------------------------ (i) prediction equality
 
 @pytest.mark.parametrize("config", CONFIGS)
-@pytest.mark.parametrize("mirroring", [False, True])
+@pytest.mark.parametrize("mirroring", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_prediction_matches_nnunet_predictor(folders, case, monkeypatch, config, mirroring):
     image, _ = case
     model = nm.load_nnunet_folder(folders[config])
@@ -193,6 +193,7 @@ def test_exactness_identity(folders, case, config, c):
     assert 0 < result.extra["tiles_run"] <= total == result.extra["tiles_total"]
 
 
+@pytest.mark.slow
 def test_exactness_identity_ensemble_and_mirroring(ensemble_folder, case):
     image, lab = case
     model = nm.load_nnunet_folder(ensemble_folder, folds=(0, 1))
@@ -377,6 +378,7 @@ def transposed_folder(folders, tmp_path_factory) -> Path:
     return dst
 
 
+@pytest.mark.slow
 def test_transposed_prediction_and_maps(transposed_folder, case, monkeypatch):
     image, lab = case
     model = nm.load_nnunet_folder(transposed_folder)

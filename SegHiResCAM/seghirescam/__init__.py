@@ -7,7 +7,7 @@ and import no torch.
 
 from __future__ import annotations
 
-import importlib
+from seghirescam.lazy import lazy_exports
 
 __version__ = "0.2.0"
 
@@ -34,20 +34,10 @@ _EXPORTS = {
     "read_volume": "seghirescam.imaging.volumes",
     "load_default_model": "seghirescam.models.loading",
     "load_model": "seghirescam.models.loading",
+    "load_explainable_model": "seghirescam.models.explainable",
 }
 
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> object:
-    """Import a public name from its module on first use."""
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'seghirescam' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + __all__)
+__getattr__, __dir__ = lazy_exports('seghirescam', _EXPORTS, globals())

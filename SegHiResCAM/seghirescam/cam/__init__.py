@@ -5,7 +5,7 @@ Knows no model family and no file format: a model is an ``nn.Module`` and its la
 
 from __future__ import annotations
 
-import importlib
+from seghirescam.lazy import lazy_exports
 
 _EXPORTS = {
     "DEFAULT_METHODS": "seghirescam.cam.engine",
@@ -25,16 +25,4 @@ _EXPORTS = {
 __all__ = list(_EXPORTS)
 
 
-def __getattr__(name: str) -> object:
-    """Import a public name from its module on first use, so ``seghirescam.cam.method_info`` (the
-    registry's metadata) can be imported without torch, e.g. by the Slicer widget before torch is installed."""
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'seghirescam.cam' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + __all__)
+__getattr__, __dir__ = lazy_exports('seghirescam.cam', _EXPORTS, globals())

@@ -131,7 +131,11 @@ def load_factory_model(factory: str, weights: str | os.PathLike, card: ModelCard
     kwargs = card.architecture.get("kwargs", {})
     if not isinstance(kwargs, dict):
         raise FactoryError(f"card {card.name!r}: architecture.kwargs must be an object, got {type(kwargs).__name__}")
-    network = function(**kwargs)
+    try:
+        network = function(**kwargs)
+    except Exception as error:  # noqa: BLE001 - the user's code may raise anything
+        raise FactoryError(f"factory {factory!r} failed when called with the card's kwargs {kwargs}: "
+                           f"{type(error).__name__}: {error}") from error
     if not isinstance(network, nn.Module):
         raise FactoryError(f"factory {factory!r} returned a {type(network).__name__}, not a torch.nn.Module")
     dims = int(card.architecture.get("spatial_dims", spatial_dims_of(network)))

@@ -59,7 +59,7 @@ class SegHiResCAMLogic:
 
     # ---- models and layers -------------------------------------------------------------------
     def loadModel(self, path: str | None = None, **options: object) -> ExplainableModel:
-        """The model at ``path``, loaded once and cached: a model file with its card or an nnU-Net v2
+        """The model at ``path``, loaded once and kept until another is loaded: a model file with its card or an nnU-Net v2
         results folder (None or "": the shipped default U-Net). A model that fails to load raises; it
         is never replaced by another model.
 
@@ -72,8 +72,8 @@ class SegHiResCAMLogic:
             FileNotFoundError, ValueError: One clear message naming the path and the cause.
         """
         key = (str(path or ""), tuple(sorted((k, str(v)) for k, v in options.items())))
-        if key not in self._models:
-            self._models[key] = load_explainable_model(path or None, **options)
+        if key not in self._models:  # one model kept: a switch frees the previous one's memory
+            self._models = {key: load_explainable_model(path or None, **options)}
         return self._models[key]
 
     @staticmethod

@@ -1,0 +1,122 @@
+"""Any network by factory: a named function builds it, safetensors weights fill it, a card describes it.
+
+The factory lives in the test helper module ``factory_nets.py`` (a plain PyTorch encoder-decoder, not
+the project's U-Net). The model is explained slice by slice on a small CT with a non-identity
+direction, exactly as the project's own U-Net is.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import factory_nets
+from seghirescam.cam.engine import explain_volume
+from seghirescam.imaging.geometry import Geometry
+from seghirescam.imaging.volumes import SliceOrientation, Volume
+from seghirescam.models.card import CardError, ModelCard
+from seghirescam.models.explainable import ExplainableModel
+from seghirescam.models.factory import FactoryError, load_factory_model
+
+FACTORY = "factory_nets:tiny_segnet"
+HIRES, GRAD = "seg-hires-grad-cam", "seg-grad-cam"
+CLASSES = ("background", "kidney", "tumor")
+
+
+def _card(tmp_path: Path, name: str = "tiny", **architecture: object) -> Path:
+    arch = {"type": "factory", "in_channels": 1, "num_classes": 3, "kwargs": {"width": 4}, **architecture}
+    card = ModelCard(name=name, architecture=arch, classes=CLASSES, hu_clip=(-200.0, 300.0), mean=50.0, std=100.0,
+                     size_multiple=4)
+    return card.save(tmp_path / f"{name}.card.json")
+
+
+@pytest.fixture
+def weights(tmp_path) -> Path:
+    network = factory_nets.tiny_segnet(width=4)
+    with torch.no_grad():
+        for parameter in network.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))  # not the factory's own initial weights
+    path = tmp_path / "tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in network.state_dict().items()}, str(path))
+    return path
+
+
+def _ct() -> tuple[Volume, np.ndarray]:
+    """A (k, j, i) CT with a flipped, swapped in-plane direction and a blob mask on slices 2..4."""
+    k, j, i = np.meshgrid(np.arange(7), np.arange(36), np.arange(40), indexing="ij")
+    blob = ((k - 3) / 1.5) ** 2 + ((j - 12) / 5.0) ** 2 + ((i - 25) / 6.0) ** 2 < 1
+    rng = np.random.default_rng(1)
+    array = (np.where(blob, 160.0, 30.0) + rng.normal(0, 15, blob.shape)).astype(np.int16)
+    geometry = Geometry(spacing=(0.8, 0.9, 3.0), origin=(5.0, -7.0, 11.0),
+                        direction=(0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, -1.0))
+    return Volume(array, geometry), blob
+
+
+def test_factory_model_is_explained_end_to_end(tmp_path, weights):
+    model = load_factory_model(FACTORY, weights, _card(tmp_path))
+    assert isinstance(model, ExplainableModel) and model.spatial_dims == 2
+    assert model.class_names == CLASSES and "factory_nets:tiny_segnet" in model.family
+    assert model.head_input_layers == ("up1",) and "deep" in model.layers  # found by one forward pass
+    ct, blob = _ct()
+    layers = ("up1", model.default_layer)
+    result = model.explain_ct(ct, blob, 2, layers=layers, methods=(HIRES, GRAD), device="cpu", normalize="none",
+                              batch_size=2)
+    for key, volume in result.maps.items():
+        assert volume.shape == ct.array.shape and np.isfinite(volume).all() and (volume >= 0).all(), key
+    hires = result[(HIRES, "up1")]
+    empty = ~blob.any(axis=(1, 2))
+    assert hires.max() > 0 and not hires[empty].any()
+    # the same maps as the engine gives for the factory's network with these weights, on the oriented slices
+    from safetensors.torch import load_file
+
+    network = factory_nets.tiny_segnet(width=4)
+    network.load_state_dict(load_file(str(weights)))
+    orientation = SliceOrientation.from_geometry(ct.geometry)
+    direct = explain_volume(network.eval(), orientation.to_slices(ct.array), orientation.to_slices(blob), 2,
+                            layers=layers, methods=(HIRES, GRAD), device="cpu", normalize="none",
+                            preprocess=model.card.preprocess, pad_to_multiple=4, batch_size=2)
+    for key in result.maps:
+        np.testing.assert_allclose(result[key], orientation.from_slices(direct[key]), rtol=1e-5, atol=1e-6)
+    labels = model.predict_ct(ct, device="cpu")
+    assert labels.shape == ct.array.shape and set(np.unique(labels)) <= {0, 1, 2}
+
+
+@pytest.mark.parametrize("factory, words", [
+    ("factory_nets.tiny_segnet", "package.module:function"),
+    ("factory_nets:tiny segnet", "package.module:function"),
+    ("no_such_module_for_seghirescam:make", "cannot be imported"),
+    ("factory_nets:no_such_function", "has no function 'no_such_function'"),
+    ("factory_nets:NOT_A_FUNCTION", "not a function"),
+    ("factory_nets:not_a_network", "not a torch.nn.Module"),
+    ("factory_nets:broken_factory", "failed when called with the card's kwargs"),
+    ("factory_nets:tiny_segnet_3d", "3D network"),
+])
+def test_bad_factory_gives_one_clear_error(tmp_path, weights, factory, words):
+    with pytest.raises(FactoryError, match=words.replace(".", r"\.")):
+        load_factory_model(factory, weights, _card(tmp_path))
+
+
+def test_weights_that_do_not_fit(tmp_path, weights):
+    card = _card(tmp_path, kwargs={"width": 8})
+    with pytest.raises(FactoryError) as caught:
+        load_factory_model(FACTORY, weights, card)
+    assert str(weights) in str(caught.value) and "does not fit" in str(caught.value)
+
+
+def test_pickled_weights_are_refused(tmp_path):
+    path = tmp_path / "whole.pt"
+    torch.save(factory_nets.tiny_segnet(), path)
+    with pytest.raises(FactoryError, match="pickled"):
+        load_factory_model(FACTORY, path, _card(tmp_path))
+
+
+def test_state_dict_pt_and_card_disagreeing_on_classes(tmp_path):
+    path = tmp_path / "tiny.pt"
+    torch.save(factory_nets.tiny_segnet(num_classes=2).state_dict(), path)
+    card = _card(tmp_path, kwargs={"width": 4, "num_classes": 2})  # the card still says 3 classes
+    with pytest.raises(CardError, match="3 classes"):
+        load_factory_model(FACTORY, path, card)
