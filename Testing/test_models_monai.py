@@ -94,8 +94,7 @@ def test_2d_frame_is_an_exact_permutation_of_the_ct(models):
     ct, blob = mb.synthetic_ct(SHAPES["2d"])
     prepared = model.preprocess_ct(ct)
     back = model.to_ct_grid(prepared, prepared.as_tensor(), ct, nearest=False)[0]
-    window = {k: v for k, v in mb.WINDOW.items()}
-    windowed = np.asarray(ScaleIntensityRange(**window)(torch.from_numpy(ct.array.astype(np.float32))))
+    windowed = np.asarray(ScaleIntensityRange(**mb.WINDOW)(torch.from_numpy(ct.array.astype(np.float32))))
     np.testing.assert_allclose(back, windowed, atol=1e-5)
     mask_net = model.mask_to_network_frame(prepared, blob, ct)
     round_trip = model.to_ct_grid(prepared, mask_net[None].float(), ct, nearest=True)[0]

@@ -18,8 +18,10 @@ A manifest point becomes a markups point: the Logic's M is then the disc of
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
+import re
 import sys
 import time
 from pathlib import Path
@@ -40,6 +42,7 @@ from seghirescam.cohort.manifest import CaseRow, read_manifest
 from seghirescam.cohort.resume import case_key, with_model_digest
 from seghirescam.cohort.settings import BatchSettings
 from seghirescam.ct.cases import prepare_case, read_label_names
+from seghirescam.ct.outputs import write_case_outputs
 from seghirescam.mrml.logic import SegHiResCAMLogic
 
 logger = logging.getLogger("slicer_cohort")
@@ -135,9 +138,18 @@ def run_case(row: CaseRow, args: argparse.Namespace, settings: BatchSettings, lo
                         label_names=settings.label_names, target_class=row.target_class)
     ct, segmentation, segment_id, point = add_case_nodes(scene, row, case)
     logic = SegHiResCAMLogic(scene, colorLogic=colors)
+    results = []
     heatmaps = logic.process(ct, segmentation, segment_id, model=loaded, targetClass=case.target_class,
                              layers=settings.layers, methods=settings.methods,
-                             pixelSet="point" if row.point else "segment", pointNode=point, device=args.device)
+                             pixelSet="point" if row.point else "segment", pointNode=point, device=args.device,
+                             onResult=results.append)
+    # The heatmap files, panel and statistics as `seghirescam explain` and `batch` write them (one writer),
+    # beside the scene bundle; maps are copied since the nodes keep theirs.
+    result = dataclasses.replace(results[0], maps={key: value.copy() for key, value in results[0].maps.items()})
+    target = re.sub(r"[^A-Za-z0-9._-]+", "_", case.segment_name)
+    folder = args.out / row.case_id
+    folder.mkdir(parents=True, exist_ok=True)
+    written = write_case_outputs(folder, case, result, target, extension=".nrrd", figure=settings.figure)
     show_over_ct(scene, ct, next(iter(heatmaps.values())))
     final = args.out / f"{row.case_id}.mrb"
     with atomic_path(final, keep_name=True) as temporary:  # the bundle keeps the case's name inside
@@ -145,6 +157,8 @@ def run_case(row: CaseRow, args: argparse.Namespace, settings: BatchSettings, lo
             raise OSError(f"could not write {final}")
     first = next(iter(heatmaps.values()))
     return {"scene": final.name, "heatmaps": [node.GetName() for node in heatmaps.values()],
+            "files": {name: str(Path(path).relative_to(args.out)) for name, path in written["files"].items()},
+            "map_statistics": written["map_statistics"],
             "device": first.GetAttribute("SegHiResCAM.Device"),
             "slices_explained": int(first.GetAttribute("SegHiResCAM.SlicesExplained"))}
 

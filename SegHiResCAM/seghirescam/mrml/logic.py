@@ -28,7 +28,7 @@ from seghirescam.mrml.render import renderSliceView
 from seghirescam.ct.pipeline import explain_ct, predict_ct
 from seghirescam.cam.pixel_sets import DEFAULT_POINT_RADIUS, PIXEL_SETS, pixel_set_from_points, pixel_set_whole_slices
 from seghirescam.cam.vocabulary import DEFAULT_NORMALIZATION
-from seghirescam.cam.result import ExplanationCancelled
+from seghirescam.cam.result import ExplanationCancelled, ExplanationResult
 from seghirescam.imaging.volumes import SliceOrientation, Volume
 
 __all__ = ["SegHiResCAMLogic", "renderSliceView", "PIXEL_SETS", "ATTRIBUTE_PREFIX"]
@@ -126,7 +126,8 @@ class SegHiResCAMLogic:
                 sliceIndex: int | None = None, device: str = "auto", batchSize: int | str = "auto",
                 normalize: str = DEFAULT_NORMALIZATION, progress: Callable[[int, int], None] | None = None,
                 cancel: Callable[[], bool] | None = None, keepPrevious: bool = False,
-                outputPrefix: str | None = None) -> dict[tuple[str, str], slicer.vtkMRMLScalarVolumeNode]:
+                outputPrefix: str | None = None,
+                onResult: Callable[[ExplanationResult], None] | None = None) -> dict[tuple[str, str], slicer.vtkMRMLScalarVolumeNode]:
         """Explain the model's decision for one class on a CT; add one heatmap node per (method, layer).
 
         Args:
@@ -152,6 +153,9 @@ class SegHiResCAMLogic:
             keepPrevious: Keep the heatmaps of earlier runs on this CT (default: replace them).
             outputPrefix: Node name prefix (default: the CT's name).
 
+            onResult: Called with the ``ExplanationResult`` (maps on the CT's grid) before the nodes are
+                made, e.g. to write the maps as files with ``ct.outputs.write_case_outputs`` as the
+                command line does (the cohort script).
         Returns:
             ``{(method, layer): heatmap node}``, each on the CT's exact grid and parent transform.
 
@@ -193,6 +197,8 @@ class SegHiResCAMLogic:
             raise ValueError(f"the segment {segmentName!r} does not overlap this CT: nothing to explain")
         result = explain_ct(Volume(ct, geometry), mask, model, target, layers=layerList, methods=methods,
                             batch_size=batchSize, device=device, normalize=normalize, progress=progress, cancel=cancel)
+        if onResult is not None:
+            onResult(result)
         maps = result.maps
         settings = {"SourceVolumeID": ctNode.GetID(), "TargetClass": model.class_names[target], "TargetClassIndex": target,
                     "PixelSet": pixelSet, "Segment": segmentName or "", "Model": model.name,
