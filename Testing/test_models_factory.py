@@ -120,3 +120,22 @@ def test_state_dict_pt_and_card_disagreeing_on_classes(tmp_path):
     card = _card(tmp_path, kwargs={"width": 4, "num_classes": 2})  # the card still says 3 classes
     with pytest.raises(CardError, match="3 classes"):
         load_factory_model(FACTORY, path, card)
+
+
+def test_cli_explains_a_factory_model(tmp_path, weights, capsys):
+    from seghirescam.cli import main
+    from seghirescam.imaging.volumes import write_volume
+
+    card = _card(tmp_path)
+    ct, blob = _ct()
+    write_volume(ct, tmp_path / "ct.nrrd")
+    write_volume(Volume(blob.astype(np.uint8), ct.geometry), tmp_path / "labels.nrrd")
+    base = ["explain", "--ct", str(tmp_path / "ct.nrrd"), "--seg", str(tmp_path / "labels.nrrd"), "--label", "1",
+            "--target-class", "1", "--out", str(tmp_path / "out"), "--device", "cpu"]
+    assert main(base + ["--model-factory", "factory_nets:tiny_segnet", "--model", str(weights), "--card",
+                        str(card)]) == 0
+    assert list((tmp_path / "out").glob("*_seg-hires-grad-cam_*.nrrd"))
+    assert main(base + ["--model-factory", "factory_nets:tiny_segnet"]) == 2  # no weights
+    assert main(base + ["--model-factory", "factory_nets:nowhere", "--model", str(weights), "--card", str(card)]) == 2
+    err = capsys.readouterr().err
+    assert "--model-factory needs --model" in err and "nowhere" in err and "Traceback" not in err

@@ -199,3 +199,29 @@ def test_config_expressions_need_trust(bundles, tmp_path):
     with pytest.raises(BundleError, match="trust_code"):
         load_monai_bundle(folder)
     assert load_monai_bundle(folder, trust_code=True).spatial_dims == 3
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_cli_explains_a_bundle_with_the_cts_geometry(bundles, tmp_path, kind):
+    import json
+
+    import SimpleITK as sitk
+
+    from seghirescam.cli import main
+    from seghirescam.imaging.volumes import Volume, write_volume
+
+    ct, blob = mb.synthetic_ct()
+    ct_path = write_volume(ct, tmp_path / "ct.nii.gz")
+    write_volume(Volume(blob.astype(np.uint8) * TUMOR, ct.geometry), tmp_path / "labels.nii.gz")
+    out = tmp_path / "out"
+    assert main(["explain", "--model", str(bundles[kind]), "--ct", str(ct_path), "--seg",
+                 str(tmp_path / "labels.nii.gz"), "--label", str(TUMOR), "--target-class", str(TUMOR),
+                 "--out", str(out), "--device", "cpu"]) == 0
+    record = json.loads((out / "summary.json").read_text(encoding="utf-8"))["targets"][0]
+    heat_path = next(path for name, path in record["files"].items() if name.startswith("seg-hires-grad-cam@"))
+    heat, reference = sitk.ReadImage(heat_path), sitk.ReadImage(str(ct_path))
+    assert heat.GetSize() == reference.GetSize()
+    for a, b in ((heat.GetSpacing(), reference.GetSpacing()), (heat.GetOrigin(), reference.GetOrigin()),
+                 (heat.GetDirection(), reference.GetDirection())):
+        assert np.allclose(a, b)
+    assert sitk.GetArrayFromImage(heat).max() == pytest.approx(1.0)

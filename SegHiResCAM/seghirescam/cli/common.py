@@ -46,10 +46,12 @@ def _fold(text: str) -> int | str:
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
-    """``--model`` (file or folder), ``--card``, and the nnU-Net options ``--fold``, ``--checkpoint``, ``--mirroring``."""
+    """``--model`` (file or folder), ``--card``, nnU-Net's ``--fold``/``--checkpoint``/``--mirroring``,
+    ``--model-factory`` and ``--trust-bundle-code``."""
     group = parser.add_argument_group("model")
     group.add_argument("--model", type=Path, help="a model file with its card (.safetensors, .pt state dict, "
-                       "TorchScript) or an nnU-Net v2 results folder (DatasetXXX_Name/TRAINER__PLANS__CONFIG); "
+                       "TorchScript), an nnU-Net v2 results folder (DatasetXXX_Name/TRAINER__PLANS__CONFIG) or a MONAI bundle "
+                       "folder (configs/inference.json, models/model.pt); "
                        "default: the shipped kidney U-Net")
     group.add_argument("--card", type=Path, help="model card JSON of a model file (default: <model>.card.json)")
     group.add_argument("--fold", type=_fold, action="append", dest="folds", metavar="FOLD",
@@ -58,6 +60,12 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
                        help="nnU-Net: checkpoint file in each fold folder (default: checkpoint_final.pth)")
     group.add_argument("--mirroring", action="store_true",
                        help="nnU-Net: test-time mirroring in prediction and in the explained target (default: off)")
+    group.add_argument("--model-factory", metavar="MODULE:FUNCTION",
+                       help="any 2D network: FUNCTION(**card.architecture['kwargs']) builds it (your own code, imported "
+                       "by name); --model gives its weights (.safetensors or a weights-only state dict), --card its card")
+    group.add_argument("--trust-bundle-code", action="store_true",
+                       help="MONAI bundles: allow '$' expressions and other targets in the bundle's config (they run "
+                       "Python code; only for bundles you trust)")
 
 
 def add_engine_options(parser: argparse.ArgumentParser) -> None:
@@ -83,8 +91,16 @@ def load_model_from_args(args: argparse.Namespace) -> ExplainableModel:
     """The model the options name (``models.explainable.load_explainable_model``)."""
     from seghirescam.models.explainable import load_explainable_model
 
+    if args.model_factory:
+        from seghirescam.models.factory import load_factory_model
+        from seghirescam.models.loading import card_path_for
+
+        if args.model is None:
+            raise ValueError("--model-factory needs --model WEIGHTS (.safetensors or a weights-only .pt)")
+        return load_factory_model(args.model_factory, args.model, args.card or card_path_for(args.model))
     return load_explainable_model(args.model, card=args.card, folds=tuple(args.folds or ("all",)),
-                                  checkpoint=args.checkpoint, use_mirroring=args.mirroring)
+                                  checkpoint=args.checkpoint, use_mirroring=args.mirroring,
+                                  trust_code=args.trust_bundle_code)
 
 
 def engine_options(args: argparse.Namespace) -> dict:

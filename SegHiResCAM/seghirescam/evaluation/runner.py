@@ -24,7 +24,6 @@ from torch import nn
 
 from seghirescam.models.card import ModelCard
 from seghirescam.cam.engine import explain_slices
-from seghirescam.cam.methods import METHODS
 from seghirescam.evaluation.config import EvaluationConfig
 from seghirescam.evaluation.cases import EvalTarget, pixel_set, reference_maps
 from seghirescam.evaluation.labels import REFERENCE_LABELS

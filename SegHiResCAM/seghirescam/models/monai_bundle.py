@@ -43,11 +43,11 @@ import numpy as np
 import torch
 
 from seghirescam.cam.methods import CAMMethod, resolve_methods
-from seghirescam.cam.normalization import check_normalize, normalize_maps
 from seghirescam.cam.result import ExplanationResult
 from seghirescam.cam.runtime import model_on_device, resolve_device
 from seghirescam.cam.tiles import explain_tiles
-from seghirescam.imaging.volumes import Volume, axial_axis
+from seghirescam.imaging.volumes import Volume
+from seghirescam.models.tiled_result import checked_layers, result_on_ct_grid
 from seghirescam.models.class_names import class_for_segment_name
 from seghirescam.models.monai_window import Window, pad_to_window, stitched_logits, window_from_inferer, window_tiles
 from seghirescam.models.network_layers import NetworkLayers, network_layers, spatial_dims_of
@@ -384,37 +384,16 @@ class MonaiBundleModel:
         keys = list(explained.maps)
         stacked = torch.stack([explained.maps.pop(key)[revert].cpu() for key in keys])
         back = self.to_ct_grid(prepared, stacked, ct, nearest=False)
-        axis = axial_axis(ct.geometry)
-        maps, scales = {}, {}
-        for index, key in enumerate(keys):
-            volume = np.maximum(back[index], 0).astype(map_dtype, copy=False)
-            scales[key] = normalize_maps(np.moveaxis(volume, axis, 0), normalize)
-            maps[key] = volume
-        slices = np.flatnonzero(np.moveaxis(mask, axis, 0).any(axis=(1, 2)))
-        extra = {"model_family": self.family, "bundle": self.name, "tiles_run": explained.tiles_run,
-                 "tiles_total": explained.tiles_total, "y_m": explained.y_m,
-                 "m_voxels_network": int(mask_net.sum()),
-                 "raw_sums": {f"{method}@{layer}": value for (method, layer), value in explained.raw_sums.items()}}
-        return ExplanationResult(maps=maps, scales=scales, slices_explained=tuple(int(s) for s in slices),
-                                 slices_skipped=int(mask.shape[axis] - slices.size), axis=axis,
-                                 target_class=int(target_class), normalize=normalize, device=str(torch_device),
-                                 batch_size=1, seconds=time.perf_counter() - started, extra=extra)
+        return result_on_ct_grid(back, keys, ct, mask, target_class, explained, normalize=normalize,
+                                 map_dtype=map_dtype, device=str(torch_device), started=started,
+                                 extra={"model_family": self.family, "bundle": self.name,
+                                        "m_voxels_network": int(mask_net.sum())})
 
     def _checked(self, ct: Volume, mask: np.ndarray, target_class: int, layers: Sequence[str] | None,
                  normalize: str) -> tuple[str, ...]:
-        """Validate the explanation's inputs; the layers to explain."""
-        if not isinstance(mask, np.ndarray) or mask.shape != ct.array.shape or mask.dtype != np.bool_:
-            raise ValueError(f"M must be a bool array of the CT's shape {ct.array.shape}, got "
-                             f"{getattr(mask, 'dtype', type(mask).__name__)} {getattr(mask, 'shape', '')}")
-        if not 0 <= int(target_class) < len(self.class_names):
-            raise ValueError(f"target class {target_class} is out of range: the bundle's classes are "
-                             f"{', '.join(self.class_names)}")
-        check_normalize(normalize)
-        layers = tuple(layers or (self.default_layer,))
-        unknown = [layer for layer in layers if layer not in self.layers]
-        if unknown:
-            raise ValueError(f"unknown layer(s) {unknown}; the bundle's layers are {', '.join(self.layers)}")
-        return layers
+        """Validate the explanation's inputs; the layers to explain (``models.tiled_result.checked_layers``)."""
+        return checked_layers(ct, mask, target_class, self.class_names, layers, self.layers, self.default_layer,
+                              normalize)
 
 
 def _example_input(network: torch.nn.Module, window: Window, metadata: dict) -> torch.Tensor:
@@ -440,12 +419,12 @@ def load_monai_bundle(path: str | Path, *, trust_code: bool = False, **_ignored:
     Raises:
         BundleError: One clear message naming the file: missing config, metadata or weights,
             weights that need unpickling or do not fit, untrusted code, an unsupported transform or
-            inferer. ModuleNotFoundError (with the extra to install) when MONAI is missing.
+            inferer, or MONAI missing (the message names the extra to install).
     """
     try:
         import monai  # noqa: F401
     except ImportError as error:
-        raise ModuleNotFoundError("MONAI bundles need MONAI: pip install 'seghirescam[monai]'") from error
+        raise BundleError("explaining a MONAI bundle needs MONAI: pip install 'seghirescam[monai]'") from error
     folder = Path(path)
     config = _config_path(folder)
     parser = _read_config(config)

@@ -19,12 +19,12 @@ import numpy as np
 import torch
 
 from seghirescam.cam.methods import CAMMethod, resolve_methods
-from seghirescam.cam.normalization import normalize_maps
 from seghirescam.cam.result import ExplanationResult
 from seghirescam.cam.runtime import model_on_device, resolve_device
 from seghirescam.cam.tiles import explain_tiles
-from seghirescam.imaging.volumes import Volume, axial_axis
+from seghirescam.imaging.volumes import Volume
 from seghirescam.models.class_names import class_for_segment_name
+from seghirescam.models.tiled_result import checked_layers, result_on_ct_grid
 from seghirescam.models.nnunet.folder import NnUNetNetwork, load_nnunet_folder
 from seghirescam.models.nnunet.frames import mask_to_network_frame, network_frame_to_original, preprocess
 from seghirescam.models.nnunet.sliding_window import (gaussian_weights, mirror_combinations, pad_to_patch,
@@ -139,16 +139,8 @@ class NnUNetModel:
             ValueError: Bad mask, class, layer or method; M empty in nnU-Net's frame.
         """
         started = time.perf_counter()
-        if mask.shape != ct.array.shape or mask.dtype != np.bool_:
-            raise ValueError(f"M must be a bool array of the CT's shape {ct.array.shape}, got {mask.dtype} "
-                             f"{mask.shape}")
-        if not 0 <= int(target_class) < len(self.class_names):
-            raise ValueError(f"target class {target_class} is out of range: the model has classes "
-                             f"{', '.join(self.class_names)}")
-        layers = tuple(layers or (self.default_layer,))
-        unknown = [layer for layer in layers if layer not in self.layers]
-        if unknown:
-            raise ValueError(f"unknown layer(s) {unknown}; the nnU-Net layers are {', '.join(self.layers)}")
+        layers = checked_layers(ct, mask, target_class, self.class_names, layers, self.layers, self.default_layer,
+                                normalize)
         method_list = resolve_methods(methods)
         torch_device = resolve_device(device)
         prepared = preprocess(self.loaded, self._image(ct))
@@ -169,20 +161,10 @@ class NnUNetModel:
         keys = list(tiles.maps)
         stacked = torch.stack([tiles.maps.pop(key)[tuple(revert[1:])].cpu() for key in keys]).numpy()
         back = network_frame_to_original(self.loaded, prepared, stacked)
-        axis = axial_axis(ct.geometry)
-        maps, scales = {}, {}
-        for index, key in enumerate(keys):
-            volume = np.maximum(back[index], 0).astype(map_dtype, copy=False)
-            scales[key] = normalize_maps(np.moveaxis(volume, axis, 0), normalize)
-            maps[key] = volume
-        explained = np.flatnonzero(np.moveaxis(mask, axis, 0).any(axis=(1, 2)))
-        extra = {"model_family": self.family, "configuration": self.loaded.configuration_name,
-                 "tiles_run": tiles.tiles_run, "tiles_total": tiles.tiles_total, "y_m": tiles.y_m,
-                 "raw_sums": {f"{method}@{layer}": value for (method, layer), value in tiles.raw_sums.items()}}
-        return ExplanationResult(maps=maps, scales=scales, slices_explained=tuple(int(s) for s in explained),
-                                 slices_skipped=int(mask.shape[axis] - explained.size), axis=axis,
-                                 target_class=int(target_class), normalize=normalize, device=str(torch_device),
-                                 batch_size=1, seconds=time.perf_counter() - started, extra=extra)
+        return result_on_ct_grid(back, keys, ct, mask, target_class, tiles, normalize=normalize,
+                                 map_dtype=map_dtype, device=str(torch_device), started=started,
+                                 extra={"model_family": self.family,
+                                        "configuration": self.loaded.configuration_name})
 
 
 def load_nnunet_model(folder: str | Path, *, folds: Sequence[int | str] = ("all",),

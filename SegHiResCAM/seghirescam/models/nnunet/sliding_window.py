@@ -8,7 +8,7 @@ including its float16 accumulators, so predictions match nnU-Net's bit for bit.
 from __future__ import annotations
 
 import itertools
-from typing import Any, List, Sequence, Tuple, Union
+from typing import List, Sequence, Tuple, Union
 
 import numpy as np
 import torch
