@@ -52,7 +52,7 @@ class SegHiResCAM(ScriptedLoadableModule):
         self.parent.dependencies = []
         self.parent.contributors = ["SegHiResCAM contributors"]
         self.parent.helpText = """
-Explains what a 2D segmentation U-Net looks at when it segments a kidney, tumour or cyst in CT.
+Explains what a 2D segmentation U-Net looks at when it segments a kidney, tumor or cyst in CT.
 Choose a CT, a segment (its voxels are the pixel set M and its name picks the target class, e.g.
 "Left kidney" -> kidney), a layer and the methods, then Apply. One heatmap volume per method and layer
 is added on the CT's exact grid and shown over the CT.<br>
@@ -138,6 +138,7 @@ class SegHiResCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for text, value in DEVICES:
             self.ui.deviceComboBox.addItem(text, value)
         self._addMethodCheckBoxes()
+        self._addModelFolderRows()
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
@@ -219,11 +220,37 @@ class SegHiResCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.updateButtons()
 
     # ---- model, classes, layers ------------------------------------------------------------------
+    def _addModelFolderRows(self):
+        """A folder picker beside the file picker (nnU-Net results folders, MONAI bundles) and nnU-Net's folds."""
+        import ctk
+
+        self.modelFolderButton = ctk.ctkDirectoryButton()
+        self.modelFolderButton.caption = "Choose an nnU-Net results folder or a MONAI bundle"
+        self.modelFolderButton.toolTip = ("An nnU-Net v2 results folder (DatasetXXX_Name/TRAINER__PLANS__CONFIG) or a "
+                                          "MONAI bundle folder; it becomes the model path above.")
+        self.modelFolderButton.connect("directoryChanged(QString)",
+                                       lambda folder: setattr(self.ui.modelPathLineEdit, "currentPath", folder))
+        self.foldsLineEdit = qt.QLineEdit("all")
+        self.foldsLineEdit.toolTip = "nnU-Net folds: 'all', or fold numbers separated by commas (an ensemble)"
+        self.foldsLineEdit.connect("editingFinished()", self.onModelChanged)
+        form = self.ui.modelPathLineEdit.parentWidget().layout()
+        form.insertRow(1, "Model folder:", self.modelFolderButton)
+        form.insertRow(2, "nnU-Net folds:", self.foldsLineEdit)
+
+    def _modelOptions(self, path):
+        """Loader options: nnU-Net folds for a folder, nothing for a file."""
+        if not path or not os.path.isdir(path):
+            return {}
+        words = [word.strip() for word in self.foldsLineEdit.text.split(",") if word.strip()] or ["all"]
+        return {"folds": tuple(word if word == "all" else int(word) for word in words)}
+
     def onModelChanged(self):
         self.logic = self.logic or SegHiResCAMLogic()
-        try:
-            self._model = self.logic.loadModel(self.ui.modelPathLineEdit.currentPath or None)
-        except (FileNotFoundError, ValueError) as error:  # CardError is a ValueError
+        path = self.ui.modelPathLineEdit.currentPath or None
+        try:  # a model that fails to load is reported, never replaced by another model
+            self._model = self.logic.loadModel(path, **self._modelOptions(path))
+            self.ui.statusLabel.text = f"Model: {self._model.name}"
+        except (FileNotFoundError, ValueError) as error:  # CardError, NnUNetLoadError, BundleError: ValueErrors
             self._model = None
             self.ui.statusLabel.text = f"No model loaded: {error}"
         self.ui.layerComboBox.clear()

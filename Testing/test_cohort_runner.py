@@ -242,7 +242,8 @@ def test_a_crash_while_writing_leaves_nothing_half_written(cohort, tmp_path, mon
 
 
 def test_ctrl_c_stops_the_run_with_code_130(tmp_path):
-    manifest, model = write_cohort(tmp_path / "data", 5)
+    # Enough cases that the run is still going when the signal arrives (a case takes about 0.1 s).
+    manifest, model = write_cohort(tmp_path / "data", 25)
     out = tmp_path / "out"
     command = [sys.executable, "-m", "seghirescam.cli", "batch", str(manifest), "--out", str(out), "--model",
                str(model), "--device", "cpu", "--no-figure"]
@@ -254,7 +255,7 @@ def test_ctrl_c_stops_the_run_with_code_130(tmp_path):
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr
     finished = sorted(p.parent.name for p in out.glob("*/case.json"))
-    assert "case0" in finished and len(finished) < 5
+    assert "case0" in finished and len(finished) < 25
     assert [r["case_id"] for r in read_summary(out)] == finished
     assert sorted(p.name for p in out.iterdir()) == sorted([*finished, "summary.csv"])  # nothing half-written
 

@@ -9,7 +9,10 @@ Seg-Grad CAM, the device is the CPU. The models are the tiny but real nnU-Net re
 training cases at about 3.0 x 1.5 x 1.5 mm (3d_fullres; 1.5 x 1.5 mm in-plane for 2d), so the KiTS-size
 CT is resampled much coarser than a real KiTS model's (~0.8 mm) would resample it: the network frame
 is smaller than a real model's, while the original-grid steps (reading, resampling from and back to
-600 x 512 x 512) are at full size. Weights do not change speed or memory.
+600 x 512 x 512) are at full size. ``--plans kits`` runs a copy of the folder whose plans ask for
+KiTS23-like spacing and patch size (3d_fullres 1.0 x 0.78 x 0.78 mm, 128^3; 2d 0.78 mm, 512^2), with
+the same (fully convolutional) weights: the network frame and the tiles are then those of a real
+KiTS model, only the features per stage stay tiny. Weights do not change speed or memory.
 
 Each configuration runs in a fresh child process (``--child``). The parent samples the child's
 resident memory (psutil, every ``--interval`` seconds) and stops it past ``--rss-limit-gb``; the
@@ -20,7 +23,7 @@ functions ``NnUNetModel.explain_ct`` calls (``preprocess``, ``mask_to_network_fr
 attributes its RSS samples to those phases by time. No package code is changed.
 
     python benchmarks/bench_nnunet_kits_memory.py [--configs 3d_fullres,2d] [--shape 600,512,512]
-        [--spacing 0.8,0.8,1.0] [--ct-dtype int16|float32] [--work DIR] [--out FILE.jsonl]
+        [--spacing 0.8,0.8,1.0] [--plans tiny|kits] [--ct-dtype int16|float32] [--work DIR] [--out FILE.jsonl]
         [--interval 0.02] [--rss-limit-gb 15] [--tracemalloc]
 
 Prints, per configuration, one JSON line (also appended to ``--out``), then a summary table (peak
@@ -92,6 +95,29 @@ def ensure_folders(work: Path) -> dict[str, Path]:
     if not all((f / "fold_all" / "checkpoint_final.pth").is_file() for f in folders.values()):
         subprocess.run([sys.executable, str(ROOT / "Testing" / "nnunet_folders.py"), str(work / "tiny")], check=True)
     return folders
+
+
+# approximately a real KiTS23 nnU-Net plan (spacing in nnU-Net's (z, y, x) order, patch size)
+KITS_PLANS = {"3d_fullres": ([1.0, 0.78125, 0.78125], [128, 128, 128]), "2d": ([0.78125, 0.78125], [512, 512])}
+
+
+def kits_plans_folder(folder: Path, configuration: str, work: Path) -> Path:
+    """A copy of a tiny results folder whose plans ask for KiTS-like spacing and patch size.
+
+    The tiny networks are fully convolutional, so the same weights run at any spacing and at any
+    patch size divisible by the strides: this gives the network frame and the tile sizes of a real
+    KiTS model (the features per stage stay tiny).
+    """
+    import shutil
+
+    target = work / "kits_plans" / DATASET / folder.name
+    if not (target / "fold_all" / "checkpoint_final.pth").is_file():
+        shutil.copytree(folder, target, dirs_exist_ok=True)
+    plans = json.loads((folder / "plans.json").read_text())
+    spacing, patch = KITS_PLANS[configuration]
+    plans["configurations"][configuration].update({"spacing": spacing, "patch_size": patch})
+    (target / "plans.json").write_text(json.dumps(plans, indent=1))
+    return target
 
 
 def set_nnunet_env(work: Path) -> None:
@@ -208,7 +234,7 @@ def child(config: dict) -> dict:
     seconds = time.perf_counter() - started
     log.events.append((time.time(), "end"))
     map_bytes = sum(m.nbytes for m in result.maps.values())
-    return {"configuration": result.extra["configuration"], "layer": model.default_layer,
+    return {"configuration": result.extra["configuration"], "plans": config["plans"], "layer": model.default_layer,
             "patch_size": list(model.loaded.patch_size), "plans_spacing": list(model.loaded.configuration_manager.spacing),
             "ct_shape_kji": list(ct.shape), "ct_dtype": str(ct.dtype), "ct_spacing_ijk": list(config["spacing"]),
             "ct_gb": round(ct.nbytes / 1e9, 3), "m_voxels": kidneys["m_voxels"], "m_extent_kji": kidneys["m_extent_kji"],
@@ -278,10 +304,12 @@ def print_tables(rows: list[dict]) -> None:
         if "error" in r:
             print(f"{r['configuration']:<12} ERROR {r['error'][:200]} (sampled peak {r['sampled_peak_gb']} GB)")
             continue
-        print(f"{r['configuration']:<12} {'x'.join(map(str, r['patch_size'])):<12} "
+        print(f"{r['configuration'] + ('*' if r.get('plans') == 'kits' else ''):<12} {'x'.join(map(str, r['patch_size'])):<12} "
               f"{'x'.join(map(str, r.get('network_frame', []))):<24} {r['sampled_peak_gb']:>11.2f} "
               f"{r['ru_maxrss_gb']:>9.2f} {r['rss_after_ct_m_model_gb']:>8.2f} {r['maps_gb']:>7.2f} "
               f"{r['seconds']:>9.1f} {str(r['tiles_run']) + ' / ' + str(r['tiles_total']):>16}")
+    if any(r.get("plans") == "kits" for r in rows):
+        print("* plans edited to KiTS23-like spacing and patch size (--plans kits)")
     for r in rows:
         if "error" in r:
             continue
@@ -308,6 +336,10 @@ def main() -> None:
     parser.add_argument("--ct-dtype", default="int16", choices=("int16", "float32"), help="CT array dtype")
     parser.add_argument("--work", type=Path, default=Path("/tmp/seghirescam_bench_nnunet"),
                         help="folder for the tiny nnU-Net results (built there if missing)")
+    parser.add_argument("--plans", default="tiny", choices=("tiny", "kits"),
+                        help="tiny: the folders' own plans (coarse: ~3.0 x 1.5 x 1.5 mm); kits: a copy whose plans ask "
+                             "for KiTS23-like spacing and patch (3d_fullres 1.0 x 0.78 x 0.78 mm, 128^3; 2d 0.78 mm, "
+                             "512^2), same weights")
     parser.add_argument("--out", type=Path, help="append one JSON line per configuration to this file")
     parser.add_argument("--interval", type=float, default=0.02, help="RSS sampling interval of the child, seconds")
     parser.add_argument("--rss-limit-gb", type=float, default=15.0, help="kill a child whose RSS passes this")
@@ -322,11 +354,15 @@ def main() -> None:
     import torch
 
     print(f"KiTS-size synthetic CT {args.shape} (k,j,i), spacing {args.spacing} mm (i,j,k), {args.ct_dtype}; "
+          f"plans {args.plans}; "
           f"class 1, default layer, Seg-HiRes-Grad + Seg-Grad, CPU, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, {os.cpu_count()} CPUs", flush=True)
     rows = []
     for configuration in args.configs.split(","):
-        config = {"configuration": configuration, "folder": str(folders[configuration]), "work": str(args.work),
+        folder = folders[configuration]
+        if args.plans == "kits":
+            folder = kits_plans_folder(folder, configuration, args.work)
+        config = {"configuration": configuration, "folder": str(folder), "work": str(args.work), "plans": args.plans,
                   "shape": [int(v) for v in args.shape.split(",")], "spacing": [float(v) for v in args.spacing.split(",")],
                   "ct_dtype": args.ct_dtype, "tracemalloc": args.tracemalloc}
         row = run_child(config, args.interval, args.rss_limit_gb)

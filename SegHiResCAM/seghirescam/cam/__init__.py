@@ -1,4 +1,4 @@
-"""The CAM engine: methods (one registry), hooks, the one-backward engine, pixel sets, normalisation.
+"""The CAM engine: methods (one registry), hooks, the one-backward engine, pixel sets, normalization.
 
 Knows no model family and no file format: a model is an ``nn.Module`` and its layers' names.
 """

@@ -3,7 +3,7 @@
 Arrays: ``A`` (activations) and ``G`` (gradient of y_M with respect to A) are
 (B, K, h, w) float tensors, or (B, K, d, h, w) for volumetric networks; a method returns
 (B, h, w) or (B, d, h, w). Every method is defined for both: "spatial" means all axes after K. The engine applies ReLU, upsampling
-and normalisation, identically for every method.
+and normalization, identically for every method.
 
 Adding a method is one call: ``register_method(CAMMethod(key=..., display_name=..., ...,
 combine=...))``. The command line, the evaluation (tables, comparisons, plots), the figures

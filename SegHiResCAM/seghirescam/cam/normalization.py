@@ -1,4 +1,4 @@
-"""Normalisation of CAM maps: by the volume's max, by each slice's max, or none."""
+"""Normalization of CAM maps: by the volume's max, by each slice's max, or none."""
 
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ class ExplanationResult:
 
     Attributes:
         maps: ``{(method, layer): array}``.
-        scales: Per map, the divisor of each slice (along ``axis``) used by normalisation;
+        scales: Per map, the divisor of each slice (along ``axis``) used by normalization;
             ``map * scale`` gives back the raw values.
         slices_explained: Indices along ``axis`` of the slices that were run.
         slices_skipped: How many slices were not run because their M was empty.

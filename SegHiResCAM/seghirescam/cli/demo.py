@@ -1,4 +1,4 @@
-"""``seghirescam demo``: the embedded phantom case, segmented and explained (kidney and tumour)."""
+"""``seghirescam demo``: the embedded phantom case, segmented and explained (kidney and tumor)."""
 
 from __future__ import annotations
 
@@ -17,14 +17,14 @@ DEMO_EXTRA_LAYERS = ("dec2",)  # the demo shows the default layer and, beside it
 
 def register(commands: argparse._SubParsersAction) -> None:
     """Register ``demo``."""
-    parser = commands.add_parser("demo", help="explain kidney and tumour on the embedded phantom case")
+    parser = commands.add_parser("demo", help="explain kidney and tumor on the embedded phantom case")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     add_model_options(parser)
     add_engine_options(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Generate the demo phantom, predict it, explain kidney and tumour; write everything."""
+    """Generate the demo phantom, predict it, explain kidney and tumor; write everything."""
     from seghirescam.atomic import write_json_atomic
     from seghirescam.ct.cases import PreparedCase
     from seghirescam.ct.pipeline import predict_ct

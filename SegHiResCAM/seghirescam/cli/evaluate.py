@@ -1,7 +1,7 @@
 """``seghirescam evaluate``: the faithfulness evaluation from the command line, and its output folder.
 
 Writes per_slice.csv, summary.csv, comparisons.csv, evaluation.md, curves_<layer>.png, curves.npz
-(the normalised curves, keys "group|method|layer|fill|mode"), sanity.png and run.json (settings,
+(the normalized curves, keys "group|method|layer|fill|mode"), sanity.png and run.json (settings,
 counts, runtime, the command) into ``--out``.
 """
 
@@ -21,7 +21,7 @@ _DEFAULTS = EvaluationConfig()
 # option -> (default, help); the command written into the report lists the options that differ.
 _DEFAULT_DATA = real_ct_dir()
 _OPTIONS = {
-    "--phantoms": (len(PHANTOM_SEEDS), "phantoms with tumours (seeds 7001, 7002, ...)"),
+    "--phantoms": (len(PHANTOM_SEEDS), "phantoms with tumors (seeds 7001, 7002, ...)"),
     "--slices": (_DEFAULTS.slices_per_target, "slices per target: those with the largest M"),
     "--steps": (_DEFAULTS.steps, "curve steps over 0..100%% of the slice's pixels"),
     "--blur-sigma": (_DEFAULTS.blur_sigma, "sigma (pixels) of the blurred fill"),

@@ -1,4 +1,4 @@
-"""``seghirescam train``: train the shipped kidney/tumour/cyst U-Net (CPU, time-boxed, seeded)."""
+"""``seghirescam train``: train the shipped kidney/tumor/cyst U-Net (CPU, time-boxed, seeded)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ __all__ = ["register", "run"]
 
 def register(commands: argparse._SubParsersAction) -> None:
     """Register ``train``."""
-    parser = commands.add_parser("train", help="train the default kidney/tumour/cyst U-Net (CPU, time-boxed)")
+    parser = commands.add_parser("train", help="train the default kidney/tumor/cyst U-Net (CPU, time-boxed)")
     parser.add_argument("--out", type=Path, required=True, help="the .safetensors file to write (card beside it)")
     parser.add_argument("--data", type=Path, default=real_ct_dir(), help="folder of the shared real CT "
                         "(default: $SEGHIRESCAM_DATA/ct-abdomen-totalseg, else ../shared/data beside the checkout)")

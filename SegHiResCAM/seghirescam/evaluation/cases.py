@@ -1,4 +1,4 @@
-"""The cases of the faithfulness evaluation (phantoms with tumours, the shared real CT), M and reference maps.
+"""The cases of the faithfulness evaluation (phantoms with tumors, the shared real CT), M and reference maps.
 
 Every target is a stack of axial slices in the model's display convention, arrays
 (s, r, c) = (slices, rows anterior->posterior, columns patient right->left), with the reference
@@ -54,10 +54,10 @@ class EvalTarget:
 
 def phantom_targets(seeds: tuple[int, ...] = PHANTOM_SEEDS, *, shape: tuple[int, int, int] = PHANTOM_SHAPE,
                     spacing: tuple[float, float, float] = PHANTOM_SPACING) -> list[EvalTarget]:
-    """Two targets per phantom with a tumour: the tumour, and the kidney without it.
+    """Two targets per phantom with a tumor: the tumor, and the kidney without it.
 
-    The tumour's "other" structure is the contralateral kidney; the kidney's is the tumour-bearing
-    kidney with its tumour. Phantoms have an identity direction, so (k, j, i) is already (s, r, c).
+    The tumor's "other" structure is the contralateral kidney; the kidney's is the tumor-bearing
+    kidney with its tumor. Phantoms have an identity direction, so (k, j, i) is already (s, r, c).
 
     Args:
         seeds: Phantom seeds.
@@ -65,20 +65,20 @@ def phantom_targets(seeds: tuple[int, ...] = PHANTOM_SEEDS, *, shape: tuple[int,
         spacing: (i, j, k) mm.
 
     Returns:
-        The targets, tumour and kidney of each seed in turn.
+        The targets, tumor and kidney of each seed in turn.
     """
     targets = []
     for seed in seeds:
         phantom = make_phantom(int(seed), shape=shape, spacing=spacing, tumor=True, cyst=False)
-        tumour = phantom.labels == LABELS["tumor"]
-        if not tumour.any():
-            raise ValueError(f"phantom {seed} has no tumour in its field of view; choose another seed")
-        tumour_side = int(np.bincount(phantom.sides[tumour]).argmax())
+        tumor = phantom.labels == LABELS["tumor"]
+        if not tumor.any():
+            raise ValueError(f"phantom {seed} has no tumor in its field of view; choose another seed")
+        tumor_side = int(np.bincount(phantom.sides[tumor]).argmax())
         kidney = phantom.labels == LABELS["kidney"]
-        affected = (phantom.sides == tumour_side) & (kidney | tumour)
-        healthy = kidney & (phantom.sides != tumour_side)
+        affected = (phantom.sides == tumor_side) & (kidney | tumor)
+        healthy = kidney & (phantom.sides != tumor_side)
         ct, body = phantom.ct.astype(np.float32), phantom.body.copy()
-        targets.append(EvalTarget(f"phantom-{seed}/tumor", "tumor (phantoms)", "tumor", ct, tumour, healthy, body))
+        targets.append(EvalTarget(f"phantom-{seed}/tumor", "tumor (phantoms)", "tumor", ct, tumor, healthy, body))
         targets.append(EvalTarget(f"phantom-{seed}/kidney", "kidney (phantoms)", "kidney", ct, healthy, affected, body))
     return targets
 

@@ -2,7 +2,7 @@
 
 A map ranks the pixels of a slice; the top x% are replaced by a fill (deletion) or are the only
 pixels kept from the slice, the rest being the fill (insertion). Along the way the summed logit
-over M, y_M, and the Dice of class c near M are tracked. Curves of y_M are normalised as
+over M, y_M, and the Dice of class c near M are tracked. Curves of y_M are normalized as
 (y - y_100%) / (y_0 - y_100%), where y_0 is the score of the untouched slice and y_100% the score of
 the fully filled slice, so both curves run between 0 and 1 and the fill's own effect is removed.
 
@@ -227,17 +227,17 @@ def perturbation_curves(model: nn.Module, x: torch.Tensor, m: np.ndarray, zone: 
 
 
 def normalize_curves(curves: Curves) -> tuple[np.ndarray, np.ndarray]:
-    """(y - y_100%) / (y_0 - y_100%) and which slices may be normalised.
+    """(y - y_100%) / (y_0 - y_100%) and which slices may be normalized.
 
     Returns:
-        (normalised (R, B, F), valid (B,) bool): valid where y_0 > 0 and y_0 > y_100%; other
+        (normalized (R, B, F), valid (B,) bool): valid where y_0 > 0 and y_0 > y_100%; other
         slices' curves are NaN.
     """
     span = curves.original - curves.filled
     valid = (curves.original > 0) & (span > 0)
     safe = np.where(valid, span, 1.0)
-    normalised = (curves.score - curves.filled[None, :, None]) / safe[None, :, None]
-    return np.where(valid[None, :, None], normalised, np.nan), valid
+    normalized = (curves.score - curves.filled[None, :, None]) / safe[None, :, None]
+    return np.where(valid[None, :, None], normalized, np.nan), valid
 
 
 def curve_auc(curves: np.ndarray, fractions: Sequence[float]) -> np.ndarray:

@@ -53,13 +53,13 @@ def plot_curves(path: str | os.PathLike, curves: dict[tuple[str, str, str, str, 
 
 def curves_figure(curves: dict[tuple[str, str, str, str, str], np.ndarray], fractions: np.ndarray, layer: str,
                   groups: Sequence[str], *, title: str = "") -> Figure:
-    """Mean normalised curves: one row per group, columns deletion/insertion x blur/tissue-mean fill.
+    """Mean normalized curves: one row per group, columns deletion/insertion x blur/tissue-mean fill.
 
     Every CAM method found in ``curves`` is drawn (registered ones with their registered label and
     style), then the references.
 
     Args:
-        curves: {(group, method, layer, fill, mode): (n, F) normalised curves}; references have layer "-".
+        curves: {(group, method, layer, fill, mode): (n, F) normalized curves}; references have layer "-".
         fractions: (F,) the x axis.
         layer: The CAM layer drawn (references are drawn in every panel).
         groups: Row order.

@@ -193,7 +193,7 @@ def markdown_report(summary: list[dict], comparisons: list[dict], *, collapsed: 
     sections = [
         ("Headline (informative layers and references)",
          _table(summary, named(HEADLINE), collapsed, layers=informative)),
-        ("Deletion and insertion: area under the normalised y_M curve", _table(summary, FAITHFULNESS, collapsed)),
+        ("Deletion and insertion: area under the normalized y_M curve", _table(summary, FAITHFULNESS, collapsed)),
         ("Dice of the class near M along the same curves (area under the raw Dice curve)",
          _table(summary, DICE, collapsed)),
         ("Localisation", _table(summary, named(LOCALISATION), collapsed)),

@@ -48,7 +48,7 @@ class TargetResult:
 
     Attributes:
         rows: Per-slice metrics: dicts with target, group, slice, method, layer, metric, value.
-        curves: {(method, layer, fill, mode): (n_valid, F) normalised y_M curves}.
+        curves: {(method, layer, fill, mode): (n_valid, F) normalized y_M curves}.
         sanity: {(method, layer, pixels): {stage: (B,) Spearman}}, pixels "all" or "support" (``spearman``).
         counts: Slice counts: explained, left out for y_0 <= 0, and per fill for y_0 <= y_100%.
         collapsed: {layer: flagged as collapsing to the logit map}.
@@ -91,11 +91,11 @@ def _faithfulness(model, target, result, maps, slices, x, m, c, config) -> None:
         for mode in MODES:
             curves = perturbation_curves(model, xk, mk, zone, c, positions, fill, mode=mode, fractions=fractions,
                                          chunk=config.chunk)
-            normalised, valid = normalize_curves(curves)
+            normalized, valid = normalize_curves(curves)
             result.counts[f"span_le_0_{fill_name}"] = int((~valid).sum())
-            areas, dice_areas = curve_auc(normalised, fractions), curve_auc(curves.dice, fractions)
+            areas, dice_areas = curve_auc(normalized, fractions), curve_auc(curves.dice, fractions)
             for r, key in enumerate(keys):
-                result.curves[(*key, fill_name, mode)] = normalised[r][valid]
+                result.curves[(*key, fill_name, mode)] = normalized[r][valid]
                 for b in np.flatnonzero(valid):
                     result.rows.append(_row(target, kept[b], *key, f"{mode}_auc_{fill_name}", areas[r, b]))
                     result.rows.append(_row(target, kept[b], *key, f"{mode}_dice_auc_{fill_name}", dice_areas[r, b]))

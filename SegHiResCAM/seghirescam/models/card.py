@@ -1,7 +1,7 @@
 """The model card: what a model file is, what it expects and how well it does (JSON, data only).
 
 A card travels beside every model file. It says the architecture, the classes and their
-label values, the input normalisation (HU clip, z-score), the size policy, the in-plane
+label values, the input normalization (HU clip, z-score), the size policy, the in-plane
 orientation the model was trained in, the training data and the measured Dice.
 """
 
@@ -49,7 +49,7 @@ class ModelCard:
         synonyms: Per class name, further words that name it in segment names, e.g.
             {"tumor": ["tumour", "mass", "lesion"], "kidney": ["renal"]}.
         preferred_classes: Classes that win when a segment name matches several, e.g.
-            ["tumor", "cyst"]: a "renal mass" is a tumour, not a kidney.
+            ["tumor", "cyst"]: a "renal mass" is a tumor, not a kidney.
     """
 
     name: str
@@ -111,10 +111,10 @@ class ModelCard:
         An exact class name wins; otherwise the class names and the card's ``synonyms`` are
         matched as words (so left/right/number qualifiers are ignored), and when several classes
         match, the card's ``preferred_classes`` win (for the default model: "renal mass" is a
-        tumour, not a kidney).
+        tumor, not a kidney).
 
         Args:
-            segment_name: e.g. "Left kidney", "Kidney tumour".
+            segment_name: e.g. "Left kidney", "Kidney tumor".
 
         Returns:
             The class index.

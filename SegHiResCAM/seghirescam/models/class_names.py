@@ -15,12 +15,12 @@ def class_for_segment_name(classes: Sequence[str], segment_name: str, *,
 
     An exact class name (case-insensitive) wins; otherwise class names and their synonyms are
     matched as words, so qualifiers such as left/right or numbers are ignored; when several
-    classes match, the ``preferred`` ones win ("renal mass" is a tumour, not a kidney, when
-    tumour is preferred).
+    classes match, the ``preferred`` ones win ("renal mass" is a tumor, not a kidney, when
+    tumor is preferred).
 
     Args:
         classes: Class names in output-channel order.
-        segment_name: e.g. "Left kidney", "Kidney tumour".
+        segment_name: e.g. "Left kidney", "Kidney tumor".
         synonyms: Per class name, further words that name it.
         preferred: Classes that win a tie between several matches.
 
@@ -53,7 +53,7 @@ def resolve_target_class(classes: Sequence[str], target_class: int | str | None,
     Args:
         classes: The model's class names, in output-channel order.
         target_class: A class index (int or digits, e.g. "1"), a class name or a name that
-            ``match`` understands ("Tumour"); None: read from ``segment_name``.
+            ``match`` understands ("Tumor"); None: read from ``segment_name``.
         segment_name: The segment's name, used when ``target_class`` is None.
         match: The model's segment-name rule (default: ``class_for_segment_name`` on ``classes``).
 

@@ -222,7 +222,7 @@ def _unet_from_state(state: dict[str, torch.Tensor], card: ModelCard, path: Path
 
 
 def load_default_model() -> LoadedModel:
-    """The shipped kidney/tumour/cyst U-Net and its card.
+    """The shipped kidney/tumor/cyst U-Net and its card.
 
     Raises:
         FileNotFoundError: If the default model is not in the package (a broken install).

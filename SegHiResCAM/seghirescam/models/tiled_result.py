@@ -62,7 +62,7 @@ def result_on_ct_grid(back: np.ndarray, keys: Sequence[tuple[str, str]], ct: Vol
         extra: Family-specific metadata, merged into ``result.extra``.
 
     Returns:
-        Maps >= 0 normalised as asked; ``axis`` is the CT's axial axis; ``extra`` holds y_M, the
+        Maps >= 0 normalized as asked; ``axis`` is the CT's axial axis; ``extra`` holds y_M, the
         exactness sums (``raw_sums``) and the tile counts.
     """
     axis = axial_axis(ct.geometry)

@@ -17,7 +17,7 @@ logger = logging.getLogger(__name__)
 
 INFERNO_TABLE_NAME = "SegHiResCAM Inferno"
 APP_INFERNO_ID = "vtkMRMLColorTableNodeFileInferno.txt"  # the application's file-based table, when present
-DISPLAY_THRESHOLD = 0.05  # normalised values below this are transparent
+DISPLAY_THRESHOLD = 0.05  # normalized values below this are transparent
 # matplotlib's "inferno" (van der Walt & Smith, CC0), 256 RGB entries as hex.
 _INFERNO_HEX = (
     "00000401000501010601010802010a02020c02020e03021004031204031405041706041907051b08051d09061f0a0722"
@@ -73,7 +73,7 @@ def heatmap_color_node(scene: slicer.vtkMRMLScene) -> slicer.vtkMRMLColorNode:
 def setup_heatmap_display(node: slicer.vtkMRMLScalarVolumeNode, color_node: slicer.vtkMRMLColorNode, *,
                           threshold: float = DISPLAY_THRESHOLD,
                           opacity: float = 1.0) -> slicer.vtkMRMLScalarVolumeDisplayNode:
-    """Colour a normalised (0..1) heatmap: window 0..1, values below ``threshold`` transparent.
+    """Colour a normalized (0..1) heatmap: window 0..1, values below ``threshold`` transparent.
 
     Args:
         node: The heatmap volume (its display node is created if missing).
@@ -142,6 +142,6 @@ def add_legend(node: slicer.vtkMRMLDisplayableNode, color_logic=None) -> object 
         return None
     legend = color_logic.AddDefaultColorLegendDisplayNode(node)
     if legend is not None:
-        legend.SetTitleText("CAM (normalised)")
+        legend.SetTitleText("CAM (normalized)")
         legend.SetVisibility(True)
     return legend

@@ -83,7 +83,7 @@ class _Canvas:
         self.scale = 1 + 0.03 * np.sin(self.z / 110 + an["z_phase"])  # body size along z
         yy, xx = self.y[:, None], self.x[None, :]
         p, back = np.where(yy > 0, an["p_post"], 2.0), np.where(yy > 0, 0.6, 1.0)  # flatter back, less fat
-        self.radius = {  # normalised 2D superellipse radius of each body layer (1 on its outline)
+        self.radius = {  # normalized 2D superellipse radius of each body layer (1 on its outline)
             name: (np.abs(xx / (an["a"] - t)) ** p + np.abs(yy / (an["b"] - t * back)) ** p) ** (1 / p)
             for name, t in (("body", 0), ("skin", 2.5), ("wall", an["fat"]), ("cavity", an["fat"] + 10))}
 
@@ -131,7 +131,7 @@ def _draw_lesion(rng, r_range, rho_range, hilum_ok: bool) -> dict:
     """A lesion: local direction and radial fraction in its kidney, radius, lobes, enhancement, side."""
     d = rng.normal(size=3)
     if not hilum_ok and d[1] < -0.2 * np.linalg.norm(d):
-        d[1] = -d[1]  # tumours grow from the parenchyma, not from the sinus
+        d[1] = -d[1]  # tumors grow from the parenchyma, not from the sinus
     lobes = [(rng.normal(size=3), rng.uniform(0.45, 0.75)) for _ in range(3)]
     return dict(d=d, rho=rng.uniform(*rho_range), r=rng.uniform(*r_range), lobes=lobes[: rng.integers(0, 4)],
                 hu=rng.uniform(85, 130), necrotic=rng.random() < 0.5, side=int(rng.integers(2)))
@@ -203,7 +203,7 @@ def _kidney_point(k: dict, direction, rho: float) -> np.ndarray:
 
 
 def _kidney_fields(cv: _Canvas, k: dict):
-    """Box and normalised radii (kidney, perirenal fat, sinus, pelvis) and pyramid angle of a kidney."""
+    """Box and normalized radii (kidney, perirenal fat, sinus, pelvis) and pyramid angle of a kidney."""
     hit = cv.box(k["c"], np.full(3, k["semi"][0] + 25))
     if hit is None:
         return None
@@ -267,7 +267,7 @@ def _paint_retroperitoneum(cv: _Canvas, an: dict) -> None:
 
 
 def _paint_lesion(cv: _Canvas, k: dict, les: dict, label: int) -> None:
-    """A tumour (enhancing, lobulated, maybe necrotic) or a cyst (water, round, sharp) in kidney k."""
+    """A tumor (enhancing, lobulated, maybe necrotic) or a cyst (water, round, sharp) in kidney k."""
     r = les["r"]
     hit = cv.box(_kidney_point(k, les["d"], les["rho"]), np.full(3, 1.5 * r))
     if hit is None:
@@ -322,8 +322,8 @@ def make_phantom(seed: int = 0, *, shape: tuple[int, int, int] = (48, 128, 128),
         shape: (slices, rows, cols) = (k, j, i): at least 8 slices, 64..512 rows and cols.
         spacing: Voxel size in mm along (i, j, k), SimpleITK order. The field of view is
             shape * spacing, centred on the body; anatomy outside it is cropped.
-        tumor: Add an enhancing renal tumour (label 2) in one kidney.
-        cyst: Add a simple renal cyst (label 3); in the other kidney when there is a tumour.
+        tumor: Add an enhancing renal tumor (label 2) in one kidney.
+        cyst: Add a simple renal cyst (label 3); in the other kidney when there is a tumor.
         tumor_side: The patient's "right" or "left" kidney, or "random" (chosen by the seed).
         noise_hu: Standard deviation of the (slightly correlated) Gaussian noise, in HU.
 

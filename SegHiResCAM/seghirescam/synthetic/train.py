@@ -1,4 +1,4 @@
-"""Training the default kidney/tumour/cyst U-Net on the CPU, seeded, in a fixed time budget.
+"""Training the default kidney/tumor/cyst U-Net on the CPU, seeded, in a fixed time budget.
 
 Data: phantoms (``phantom.py``) and the shared real CT with synthetic lesions
 (``training_data.py``), as 2D axial slices in the model's display convention.
@@ -135,11 +135,11 @@ def train_default_model(out: str | os.PathLike, data_dir: str | os.PathLike | No
     training = {
         "data": (f"{phantoms} procedural phantoms (seghirescam.synthetic.phantom, seeds 1000..{999 + phantoms}, in-plane 2.2-3.4 mm)"
                  + ("; the shared real non-contrast CT (TotalSegmentator example, kidneys from its labels 2 and 3) in "
-                    "6 copies with synthetic tumours/cysts inserted, slices outside the held-out slab" if held_out else "")),
+                    "6 copies with synthetic tumors/cysts inserted, slices outside the held-out slab" if held_out else "")),
         "steps": step, "steps_planned": steps, "batch": batch, "crop": crop, "optimiser": f"AdamW lr {lr} cosine", "seed": seed,
         "minutes": round((time.monotonic() - started) / 60, 1), "device": f"cpu, {torch.get_num_threads()} threads",
         "command": f"seghirescam train --out {Path(out).name} --seed {seed} --steps {steps}",
-        "loss": "cross-entropy + soft Dice", "note": ("no real tumours or cysts were seen in training: lesions are "
+        "loss": "cross-entropy + soft Dice", "note": ("no real tumors or cysts were seen in training: lesions are "
                                                       "synthetic; the model is a demonstration model, not for clinical use"),
     }
     card = ModelCard(**{**card.__dict__, "training": training, "metrics": metrics})

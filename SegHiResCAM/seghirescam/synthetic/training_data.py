@@ -2,7 +2,7 @@
 
 Every case is a stack of axial slices in the model's display convention, arrays
 (s, r, c) = (slices, rows anterior->posterior, columns patient right->left), with KiTS
-labels 0 background, 1 kidney, 2 tumour, 3 cyst.
+labels 0 background, 1 kidney, 2 tumor, 3 cyst.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ class Case:
 
 
 def phantom_case(seed: int, rng: np.random.Generator) -> Case:
-    """A random-size, random-spacing phantom with a tumour and, half the time, a cyst."""
+    """A random-size, random-spacing phantom with a tumor and, half the time, a cyst."""
     size = int(rng.choice([96, 112, 128, 144]))
     in_plane = float(rng.uniform(2.2, 3.4))
     phantom = make_phantom(seed, shape=(int(rng.integers(28, 44)), size, size),
@@ -55,9 +55,9 @@ def _sphere_blob(shape: tuple[int, int, int], centre: np.ndarray, radius_vox: np
 
 def insert_lesions(ct: np.ndarray, labels: np.ndarray, spacing_src: tuple[float, float, float],
                    rng: np.random.Generator, *, tumors: int = 1, cysts: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """Paint synthetic tumours and cysts into the kidneys of a real CT.
+    """Paint synthetic tumors and cysts into the kidneys of a real CT.
 
-    Tumours: heterogeneous masses 15-35 mm across, 25-60 HU above the kidney (for a
+    Tumors: heterogeneous masses 15-35 mm across, 25-60 HU above the kidney (for a
     non-contrast scan they are hyperdense), sometimes lobulated, centred on the kidney rim so
     they may bulge out. Cysts: water density (0-12 HU), 10-25 mm, sharp margins, inside.
 

@@ -84,7 +84,7 @@ def preprocess(model: NnUNetNetwork, image: Union[Image, Sequence[Image], Tuple[
     """nnU-Net's inference preprocessing of one case.
 
     Runs the configuration's preprocessor class (``DefaultPreprocessor``)'s
-    ``run_case_npy``: transpose_forward, crop_to_nonzero, normalisation (e.g.
+    ``run_case_npy``: transpose_forward, crop_to_nonzero, normalization (e.g.
     CTNormalization with the plans' foreground intensity properties) and
     ``resampling_fn_data`` to the configuration spacing — what
     ``PreprocessAdapterFromNpy`` does inside ``predict_single_npy_array``.
