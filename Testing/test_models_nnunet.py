@@ -503,3 +503,11 @@ def test_bad_model_paths_get_one_clear_cli_error(folders, tmp_path, capsys):
         assert main(base + extra) == 2
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err, err
+
+
+def test_evaluate_says_it_does_not_take_model_folders_yet(folders, tmp_path, capsys):
+    from seghirescam.cli import main
+
+    assert main(["evaluate", "--out", str(tmp_path / "e"), "--model", str(folders["2d"]), "--no-real-ct"]) == 2
+    err = capsys.readouterr().err
+    assert "is a model folder" in err and "Traceback" not in err

@@ -121,6 +121,9 @@ def run_evaluate(args: argparse.Namespace, command: str) -> int:
     if args.model is None and not default_model_path().is_file():
         raise FileNotFoundError(f"the default model is not at {default_model_path()}; train it with "
                                 f"`seghirescam train --out {default_model_path()}` or pass --model FILE")
+    if args.model is not None and args.model.is_dir():
+        raise ValueError(f"{args.model} is a model folder (nnU-Net, MONAI bundle): `seghirescam explain` and `batch` "
+                         "explain it, but `evaluate` measures slice-wise models with a card only, so far")
     loaded = load_model(args.model) if args.model is not None else load_default_model()
     if not args.no_real_ct and not (args.data / "example_ct.nii.gz").is_file():
         raise FileNotFoundError(f"the real CT is not in {args.data}; pass --data DIR or --no-real-ct")
