@@ -40,7 +40,8 @@ each. Modes:
   core  ours: ``cam.tiles.explain_tiles`` on nnU-Net-preprocessed data;
         peer: ``cam_core.compute_cam_with_sliding_window`` on the same preprocessed data.
 Agreement (full mode, CT grid): each map divided by its max, Pearson r over all voxels and the max
-absolute difference.
+absolute difference; as a diagnostic (untimed) also against the peer run with its target indexed by
+the class (``logits[c] * mask``), to show how much of the disagreement the all-class sum causes.
 
     python benchmarks/bench_nnunet_peer.py [--peer-python /work/scratch/peer/venv/bin/python]
         [--configs 3d_fullres,2d] [--rounds 5] [--modes full,core] [--work DIR] [--out FILE.jsonl]
@@ -201,7 +202,11 @@ class PeerWorker:
         self.out = Path(config["work"]) / f"peer_out_{config['configuration']}"
         data, _, properties, _ = api._preprocess_file(self.predictor, config["case"], str(self.out / "case"))
         self.data = data
-        self.info = {"nnunetv2_cam": getattr(nnunetv2_cam, "__version__", "?"), "cam_type": self.cam_type,
+        from importlib.metadata import version
+
+        self.original_target_call = cam_core.SemanticSegmentationTarget.__call__
+        self.info = {"nnunetv2_cam": version("nnunetv2-cam"), "grad_cam": version("grad-cam"),
+                     "nnunetv2_cam.__version__": getattr(nnunetv2_cam, "__version__", "?"), "cam_type": self.cam_type,
                      "patched_trainer_lookup": self.patched_trainer_lookup, "torch": torch.__version__,
                      "threads": torch.get_num_threads(), "network_frame": list(data.shape)}
 
@@ -214,9 +219,13 @@ class PeerWorker:
         return len(self.cam_core._get_sliding_window_slicers(size, self.predictor.configuration_manager.patch_size,
                                                              0.5))
 
-    def run(self, method: str, mode: str, save: str | None) -> dict:
+    def run(self, method: str, mode: str, save: str | None, class_target: bool = False) -> dict:
+        """One run; ``class_target``: the peer with its target indexed by the class (diagnostic only)."""
         import torch
 
+        target = self.cam_core.SemanticSegmentationTarget
+        target.__call__ = ((lambda t, out: (out[t.category] * t.mask[0]).sum() * t.scale_factor) if class_target
+                           else self.original_target_call)
         p, layer = self.predictor, self.config["layer"]
         started = time.perf_counter()
         if mode == "full":
@@ -256,7 +265,8 @@ def worker_main(kind: str, config: dict) -> None:
         command = json.loads(line)
         if command.get("op") == "stop":
             break
-        reply.write(json.dumps(worker.run(command["method"], command["mode"], command.get("save"))) + "\n")
+        extra = {"class_target": True} if command.get("class_target") else {}
+        reply.write(json.dumps(worker.run(command["method"], command["mode"], command.get("save"), **extra)) + "\n")
         reply.flush()
 
 
@@ -269,8 +279,9 @@ class Worker:
                                      stdout=subprocess.PIPE, stderr=self.log, text=True, env=env)
         self.info = json.loads(self.proc.stdout.readline() or '{"ready": false, "error": "no reply"}')
 
-    def run(self, method: str, mode: str, save: str | None = None) -> dict:
-        self.proc.stdin.write(json.dumps({"op": "run", "method": method, "mode": mode, "save": save}) + "\n")
+    def run(self, method: str, mode: str, save: str | None = None, class_target: bool = False) -> dict:
+        command = {"op": "run", "method": method, "mode": mode, "save": save, "class_target": class_target}
+        self.proc.stdin.write(json.dumps(command) + "\n")
         self.proc.stdin.flush()
         line = self.proc.stdout.readline()
         if not line:
@@ -340,6 +351,10 @@ def compare(configuration: str, folder: Path, args: argparse.Namespace, case: Pa
                 if mode == "full":
                     row.update(agreement(np.load(saves["ours"]), np.load(saves["peer"])))
                     row["ours_y_m"] = first["ours"].get("y_m")
+                    # diagnostic, untimed: the peer with its target indexed by the class
+                    fixed = str(work / f"map_{configuration}_{method}_peer_class_target.npy")
+                    peer.run(method, mode, fixed, class_target=True)
+                    row["class_target_peer"] = agreement(np.load(saves["ours"]), np.load(fixed))
                 print(json.dumps(row), flush=True)
                 if args.out:
                     with open(args.out, "a") as handle:
@@ -352,23 +367,30 @@ def compare(configuration: str, folder: Path, args: argparse.Namespace, case: Pa
 
 
 def print_table(rows: list[dict]) -> None:
+    """The summary table; r* / max|d|* compare ours with the peer whose target is indexed by the class."""
+    def number(row: dict, key: str) -> str:
+        return f"{row[key]:.3f}" if key in row else "-"
+
     print()
     head = (f"{'config':<11} {'mode':<5} {'method':<9} {'ours s':>8} {'peer s':>8} {'peer/ours':>9} "
-            f"{'tiles ours/peer/total':>22} {'r':>7} {'max|d|':>7}")
+            f"{'tiles ours/peer/total':>22} {'r':>7} {'max|d|':>7} {'r*':>7} {'max|d|*':>7}")
     print(head)
     print("-" * len(head))
     for r in rows:
         if "peer_error" in r:
             print(f"{r['configuration']:<11} peer could not run: {r['peer_error']}")
             continue
-        r_text = f"{r['pearson_r']:.3f}" if "pearson_r" in r else "-"
-        d_text = f"{r['max_abs_diff']:.3f}" if "max_abs_diff" in r else "-"
+        fixed = r.get("class_target_peer", {})
         tiles = f"{r['ours_tiles_run']}/{r['peer_tiles_run']}/{r['tiles_total']}"
         print(f"{r['configuration']:<11} {r['mode']:<5} {r['method']:<9} {r['ours_median_s']:>8.3f} "
-              f"{r['peer_median_s']:>8.3f} {r['ratio_peer_over_ours']:>9.2f} {tiles:>22} {r_text:>7} {d_text:>7}")
+              f"{r['peer_median_s']:>8.3f} {r['ratio_peer_over_ours']:>9.2f} {tiles:>22} {number(r, 'pearson_r'):>7} "
+              f"{number(r, 'max_abs_diff'):>7} {number(fixed, 'pearson_r'):>7} {number(fixed, 'max_abs_diff'):>7}")
+    print("r, max|d|: Pearson r and max |difference| of the two maps, each divided by its max, on the CT grid; "
+          "r*, max|d|*: the same against the peer with its target indexed by the class (diagnostic)")
 
 
 def main() -> None:
+    """Parse the options, set up the case, the stub and the workers, print the rows and the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--peer-python", default="/work/scratch/peer/venv/bin/python",
