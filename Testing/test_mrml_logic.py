@@ -117,7 +117,7 @@ def test_heatmap_display_uses_one_inferno_table(real):
         assert (display.GetWindow(), display.GetLevel()) == pytest.approx((1.0, 0.5))
         assert display.GetApplyThreshold() and display.GetLowerThreshold() == pytest.approx(0.05)
     legend = add_legend(node, real.app.colors)  # what the app does with slicer.modules.colors.logic()
-    assert legend is not None and legend.GetTitleText() == "CAM (normalised)"
+    assert legend is not None and legend.GetTitleText() == "CAM (normalized)"
     assert legend.GetDisplayableNode() is node
     real.scene.RemoveNode(legend)
 
