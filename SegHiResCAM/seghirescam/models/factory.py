@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import os
-import pickle
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from seghirescam.models.weights import read_state_dict, state_dict_mismatch
 from seghirescam.models.card import ModelCard
 from seghirescam.models.loading import LoadedModel, _check_io
 from seghirescam.models.network_layers import network_layers, spatial_dims_of
@@ -64,37 +64,16 @@ def import_factory(factory: str) -> Callable[..., nn.Module]:
 
 
 def _read_weights(path: Path) -> dict[str, torch.Tensor]:
-    """A state dict from ``.safetensors`` or a weights-only ``.pt``/``.pth``."""
-    if not path.is_file():
-        raise FactoryError(f"weights file not found: {path}")
-    suffix = path.suffix.lower()
-    if suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path))
-        except Exception as error:  # noqa: BLE001 - safetensors raises its own error types
-            raise FactoryError(f"{path} is not a readable safetensors file: {error}") from error
-    if suffix not in (".pt", ".pth"):
+    """A state dict from ``.safetensors`` or a weights-only ``.pt``/``.pth`` (``models.weights``)."""
+    if path.is_file() and path.suffix.lower() not in (".safetensors", ".pt", ".pth"):
         raise FactoryError(f"unsupported weights file {path.name}: use .safetensors or a .pt/.pth state dict")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        raise FactoryError(f"{path} holds pickled Python objects; loading it could run arbitrary code, so it is "
-                           "refused. Save the weights: torch.save(model.state_dict(), path) or safetensors") from error
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise FactoryError(f"{path} does not hold a state dict of tensors")
-    return state
+    return read_state_dict(path, FactoryError)
 
 
 def _load_state(network: nn.Module, state: dict[str, torch.Tensor], path: Path, factory: str) -> None:
-    expected = network.state_dict()
-    missing, unexpected = set(expected) - set(state), set(state) - set(expected)
-    wrong = sorted(k for k in set(expected) & set(state) if tuple(expected[k].shape) != tuple(state[k].shape))
-    if missing or unexpected or wrong:
-        shapes = [f"{k}: {tuple(state[k].shape)} vs {tuple(expected[k].shape)}" for k in wrong[:3]]
-        raise FactoryError(f"{path} does not fit the network {factory} builds: missing {sorted(missing)[:3]}, "
-                           f"unexpected {sorted(unexpected)[:3]}, wrong shapes {shapes}")
+    mismatch = state_dict_mismatch(network, state)
+    if mismatch:
+        raise FactoryError(f"{path} does not fit the network {factory} builds: {mismatch}")
     network.load_state_dict(state)
 
 

@@ -21,6 +21,7 @@ from seghirescam.atomic import atomic_path
 from seghirescam.cam.layers import default_layers
 from seghirescam.models.card import CardError, ModelCard
 from seghirescam.models.unet import UNet2D, head_input_layers
+from seghirescam.models.weights import state_dict_mismatch
 
 __all__ = ["LoadedModel", "load_model", "load_default_model", "save_model", "default_model_path", "card_path_for",
            "build_unet", "unet_card"]
@@ -121,13 +122,10 @@ def unet_card(model: UNet2D, name: str, classes: tuple[str, ...], **fields: obje
 
 
 def _check_state_dict(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
-    expected = model.state_dict()
-    missing, unexpected = set(expected) - set(state), set(state) - set(expected)
-    wrong = [k for k in set(expected) & set(state) if tuple(expected[k].shape) != tuple(state[k].shape)]
-    if missing or unexpected or wrong:
+    mismatch = state_dict_mismatch(model, state)
+    if mismatch:
         raise CardError(f"{path.name} does not match its card's architecture {model.__class__.__name__}"
-                        f"{tuple(getattr(model, 'widths', ()))}: missing {sorted(missing)[:3]}, "
-                        f"unexpected {sorted(unexpected)[:3]}, wrong shapes {sorted(wrong)[:3]}")
+                        f"{tuple(getattr(model, 'widths', ()))}: {mismatch}")
 
 
 def _check_io(model: nn.Module, card: ModelCard, path: Path) -> None:

@@ -31,7 +31,6 @@ Supported preprocessing transforms (anything else is refused, naming the config 
 from __future__ import annotations
 
 import json
-import pickle
 import re
 import time
 import warnings
@@ -47,6 +46,7 @@ from seghirescam.cam.result import ExplanationResult
 from seghirescam.cam.runtime import model_on_device, resolve_device
 from seghirescam.cam.tiles import explain_tiles
 from seghirescam.imaging.volumes import Volume
+from seghirescam.models.weights import read_state_dict, state_dict_mismatch
 from seghirescam.models.tiled_result import checked_layers, result_on_ct_grid
 from seghirescam.models.class_names import class_for_segment_name
 from seghirescam.models.monai_window import Window, pad_to_window, stitched_logits, window_from_inferer, window_tiles
@@ -145,30 +145,14 @@ def _state_dict(path: Path) -> dict[str, torch.Tensor]:
     """The weights of ``models/model.pt``: a state dict (or {"model": state dict}), read weights-only."""
     if not path.is_file():
         raise BundleError(f"{path} not found: a MONAI bundle keeps its weights in models/model.pt (a state dict)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        raise BundleError(f"{path} holds pickled Python objects (e.g. a whole model saved with torch.save(model)); "
-                          "loading it could run arbitrary code, so it is refused. Save the weights as a state "
-                          "dict: torch.save(network.state_dict(), 'models/model.pt')") from error
-    except Exception as error:  # noqa: BLE001 - a truncated or foreign file
-        raise BundleError(f"{path} cannot be read as PyTorch weights: {error}") from error
-    if isinstance(state, dict) and isinstance(state.get("model"), dict):
-        state = state["model"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise BundleError(f"{path} does not hold a state dict of tensors")
-    return state
+    return read_state_dict(path, BundleError, unwrap=("model",))
 
 
 def _load_weights(network: torch.nn.Module, path: Path) -> None:
     state = _state_dict(path)
-    expected = network.state_dict()
-    missing, unexpected = set(expected) - set(state), set(state) - set(expected)
-    wrong = sorted(k for k in set(expected) & set(state) if tuple(expected[k].shape) != tuple(state[k].shape))
-    if missing or unexpected or wrong:
-        shapes = [f"{k}: {tuple(state[k].shape)} vs {tuple(expected[k].shape)}" for k in wrong[:3]]
-        raise BundleError(f"{path} does not fit the config's network_def ({type(network).__name__}): missing "
-                          f"{sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}, wrong shapes {shapes}")
+    mismatch = state_dict_mismatch(network, state)
+    if mismatch:
+        raise BundleError(f"{path} does not fit the config's network_def ({type(network).__name__}): {mismatch}")
     network.load_state_dict(state)
     network.eval()
 
