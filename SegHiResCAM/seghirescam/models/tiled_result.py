@@ -51,7 +51,7 @@ def result_on_ct_grid(back: np.ndarray, keys: Sequence[tuple[str, str]], ct: Vol
     """The ``ExplanationResult`` of a tiled explanation whose maps are back on the CT's grid.
 
     Args:
-        back: Maps (K, k, j, i) on the CT's grid, one per key, in ``keys`` order.
+        back: Maps (K, k, j, i) on the CT's grid, one per key, in ``keys`` order (ReLU'd in place: consumed).
         keys: The (method, layer) of each map.
         ct, mask, target_class: What was explained (M bool (k, j, i)).
         tiles: The tiled explanation (y_M, exactness sums, tile counts).
@@ -68,7 +68,7 @@ def result_on_ct_grid(back: np.ndarray, keys: Sequence[tuple[str, str]], ct: Vol
     axis = axial_axis(ct.geometry)
     maps, scales = {}, {}
     for index, key in enumerate(keys):
-        volume = np.maximum(back[index], 0).astype(map_dtype, copy=False)
+        volume = np.maximum(back[index], 0, out=back[index]).astype(map_dtype, copy=False)  # in place: no copy
         scales[key] = normalize_maps(np.moveaxis(volume, axis, 0), normalize)
         maps[key] = volume
     slices = np.flatnonzero(np.moveaxis(mask, axis, 0).any(axis=(1, 2)))

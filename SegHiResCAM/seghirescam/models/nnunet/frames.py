@@ -63,7 +63,7 @@ def image_to_nnunet_array(image: Union[Image, Sequence[Image], Tuple[np.ndarray,
         arr = arr[None] if arr.ndim == 3 else arr
         if arr.ndim != 4 or len(spacing) != 3:
             raise ValueError("expected array (z, y, x) or (C, z, y, x) and spacing (z, y, x)")
-        return arr.astype(np.float32), [abs(float(s)) for s in spacing]
+        return arr.astype(np.float32, copy=False), [abs(float(s)) for s in spacing]
     import SimpleITK as sitk
 
     images = list(image) if isinstance(image, (list, tuple)) else [image]

@@ -97,8 +97,9 @@ class NnUNetModel:
         return class_for_segment_name(self.class_names, segment_name)
 
     def _image(self, ct: Volume) -> tuple[np.ndarray, list[float]]:
-        """The CT as nnU-Net's SimpleITK reader gives it: (z, y, x) array and (z, y, x) spacing."""
-        return np.asarray(ct.array, dtype=np.float32), list(ct.geometry.spacing[::-1])
+        """The CT as nnU-Net's SimpleITK reader gives it: (z, y, x) array and (z, y, x) spacing (the array is
+        converted to float32 once, by ``frames.image_to_nnunet_array``; no copy here)."""
+        return ct.array, list(ct.geometry.spacing[::-1])
 
     def predict_ct(self, ct: Volume, *, device: str = "auto",
                    progress: Callable[[int, int], None] | None = None) -> np.ndarray:
@@ -158,6 +159,8 @@ class NnUNetModel:
         finally:
             if network is self.loaded.network:
                 network.load_state_dict(self.loaded.state_dicts[0])
+        del data, mask_padded, mask_net  # from here on only nnU-Net's properties of the case are needed
+        prepared.data = np.empty((0,), np.float32)
         keys = list(tiles.maps)
         stacked = torch.stack([tiles.maps.pop(key)[tuple(revert[1:])].cpu() for key in keys]).numpy()
         back = network_frame_to_original(self.loaded, prepared, stacked)
