@@ -25,6 +25,7 @@ def test_each_worker_is_pinned_to_one_gpu(requested, name, gpus, device):
     assert worker_device(requested, name, n_gpus=gpus) == device
 
 
+@pytest.mark.slow
 def test_worker_ordinal_is_stable_for_names_without_digits():
     """Workers are separate processes: the ordinal of a name must not depend on the process (no hash())."""
     code = "from seghirescam.cohort.dask_executor import worker_ordinal; print(worker_ordinal('alpha'))"
@@ -40,6 +41,7 @@ def _maps(out, case_id):
             for name, path in r["files"].items() if name != "panel"}
 
 
+@pytest.mark.slow
 def test_local_cluster_of_two_workers_matches_the_sequential_run(tmp_path):
     manifest, model = write_cohort(tmp_path / "data", 4)
     sequential = run_batch(manifest, tmp_path / "seq", BatchSettings(model=str(model), device="cpu", figure=False),

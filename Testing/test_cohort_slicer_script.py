@@ -47,6 +47,7 @@ def _run(manifest: Path, out: Path, model: Path) -> subprocess.CompletedProcess:
                            "--device", "cpu"], capture_output=True, encoding="utf-8", errors="replace", timeout=300)
 
 
+@pytest.mark.slow
 def test_cohort_scenes_show_the_heatmap_over_the_ct(tmp_path, caplog):
     data = tmp_path / "data"
     data.mkdir()

@@ -29,6 +29,9 @@ nm = types.SimpleNamespace(**{**vars(folder), **vars(frames), **vars(sliding_win
 HIRES, GRAD = "seg-hires-grad-cam", "seg-grad-cam"
 CONFIGS = ("2d", "3d_fullres")
 REL = 1e-4
+# Building the tiny nnU-Net folders with nnU-Net's planner and trainer takes ~20 s: the whole module is "slow"
+# (CI runs it; `pytest -m "not slow"` leaves it out).
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="session")
