@@ -19,7 +19,7 @@ from torch import nn
 
 from seghirescam.cam.capture import ActivationCapture, evaluation_mode, resolve_layers
 from seghirescam.cam.method_info import DEFAULT_METHOD_KEYS
-from seghirescam.cam.methods import CAMMethod, resolve_method
+from seghirescam.cam.methods import CAMMethod, resolve_methods
 from seghirescam.cam.layers import default_layers, explainable_layers
 from seghirescam.cam.normalization import check_normalize, normalize_maps
 from seghirescam.cam.padding import pad_slices, size_multiple
@@ -39,44 +39,71 @@ MapKey = tuple[str, str]
 Preprocess = Callable[[torch.Tensor], torch.Tensor]
 
 
-def _explain_batch(model: nn.Module, x: torch.Tensor, m: torch.Tensor, target_class: int, layers: Sequence[str],
-                   methods: Sequence[CAMMethod], multiple: int, raw: bool, autocast: str | None) -> dict[MapKey, torch.Tensor]:
-    """Maps for one prepared batch; the model is in eval mode on x's device."""
-    height, width = x.shape[-2:]
-    xp, mp = pad_slices(x, multiple, m)
+def layer_maps(model: nn.Module, x: torch.Tensor, weights: torch.Tensor, target_class: int, layers: Sequence[str],
+               methods: Sequence[CAMMethod], autocast: str | None = None) -> tuple[dict[MapKey, torch.Tensor], float]:
+    """Pre-ReLU maps at layer resolution for y = sum over voxels of weights x class-c logits: one forward, one backward.
+
+    The engine's core, shared by slice batches (weights = M) and sliding-window tiles (weights = M's
+    share of each tile in the stitched prediction, ``cam.tiles``). The forward runs without a graph
+    until the earliest explained layer (``ActivationCapture``), so the backward stops there and no
+    parameter gradient is computed.
+
+    Args:
+        model: In eval mode, on x's device; maps (B, C, *S) to logits (B, classes, *S), S 2D or 3D.
+        x: Model input (B, C, *S), already padded to the model's size multiple.
+        weights: (B, *S) float or bool: each logit's weight in y.
+        target_class: Class c.
+        layers, methods: What to explain.
+        autocast: None, "bf16" or "fp16" (GPU only).
+
+    Returns:
+        ({(method, layer): (B, *s) float32 pre-ReLU maps}, y as a float).
+
+    Raises:
+        ValueError: If the logits do not have the input's batch and spatial shape, or c is out of range.
+    """
     with ActivationCapture(model, layers) as capture:
         with torch.no_grad(), autocast_context(x.device, autocast):
-            logits = model(xp)
+            logits = model(x)
         activations = capture.checked_activations()
-    if not isinstance(logits, torch.Tensor) or logits.ndim != 4 or logits.shape[0] != x.shape[0] \
-            or logits.shape[-2:] != xp.shape[-2:]:
+    if not isinstance(logits, torch.Tensor) or logits.ndim != x.ndim or logits.shape[0] != x.shape[0] \
+            or logits.shape[2:] != x.shape[2:]:
         shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-        raise ValueError(f"the model must map (B, C, H, W) to logits (B, classes, H, W); got {shape} "
-                         f"for input {tuple(xp.shape)}")
+        raise ValueError(f"the model must map (B, C, *S) to logits (B, classes, *S); got {shape} "
+                         f"for input {tuple(x.shape)}")
     check_target_class(target_class, logits.shape[1])
     with torch.enable_grad():
-        score = (logits[:, target_class].float() * mp).sum()
+        score = (logits[:, target_class].float() * weights).sum()
         gradients = torch.autograd.grad(score, list(activations.values()), allow_unused=True)
     maps: dict[MapKey, torch.Tensor] = {}
     for (layer, a), g in zip(activations.items(), gradients):
         a = a.detach().float()
         g = torch.zeros_like(a) if g is None else g.float()
-        stacked = torch.stack([method.combine(a, g) for method in methods], dim=1)  # (B, n_methods, h, w)
-        if not raw:
-            stacked = F.interpolate(stacked.clamp_min(0), size=xp.shape[-2:], mode="bilinear", align_corners=False)
-            stacked = stacked[..., :height, :width]
-        for index, method in enumerate(methods):
-            maps[(method.name, layer)] = stacked[:, index]
-    return maps
+        for method in methods:
+            maps[(method.name, layer)] = method.combine(a, g)
+    return maps, float(score.detach().double())
 
 
-def _methods(methods: Sequence[str | CAMMethod]) -> list[CAMMethod]:
-    if isinstance(methods, (str, CAMMethod)):
-        methods = (methods,)
-    resolved = list({m.name: m for m in map(resolve_method, methods)}.values())
-    if not resolved:
-        raise ValueError("at least one CAM method must be asked for")
-    return resolved
+def _explain_batch(model: nn.Module, x: torch.Tensor, m: torch.Tensor, target_class: int, layers: Sequence[str],
+                   methods: Sequence[CAMMethod], multiple: int, raw: bool, autocast: str | None) -> dict[MapKey, torch.Tensor]:
+    """Maps for one prepared batch of slices; the model is in eval mode on x's device."""
+    height, width = x.shape[-2:]
+    xp, mp = pad_slices(x, multiple, m)
+    maps, _score = layer_maps(model, xp, mp, target_class, layers, methods, autocast)
+    if raw:
+        return maps
+    upsampled: dict[MapKey, torch.Tensor] = {}
+    for layer in dict.fromkeys(layer for _, layer in maps):  # one interpolation per layer (its own resolution)
+        keys = [key for key in maps if key[1] == layer]
+        stacked = torch.stack([maps[key] for key in keys], dim=1)  # (B, n_methods, h, w)
+        stacked = F.interpolate(stacked.clamp_min(0), size=xp.shape[-2:], mode="bilinear", align_corners=False)
+        upsampled.update({key: stacked[:, index, :height, :width] for index, key in enumerate(keys)})
+    return upsampled
+
+
+def _methods(methods: Sequence[str | CAMMethod] | str | CAMMethod) -> list[CAMMethod]:
+    """The registry's methods for names and/or ``CAMMethod`` objects (a single one is accepted too)."""
+    return resolve_methods((methods,) if isinstance(methods, (str, CAMMethod)) else methods)
 
 
 def explain_slices(model: nn.Module, x: torch.Tensor, m: torch.Tensor, target_class: int, *,

@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seghirescam.cam.capture import ActivationCapture, evaluation_mode
+from seghirescam.cam.capture import evaluation_mode
+from seghirescam.cam.engine import layer_maps
 from seghirescam.cam.methods import CAMMethod
 from seghirescam.cam.result import ExplanationCancelled
 
@@ -55,33 +56,6 @@ class TileExplanation:
     y_m: float
     tiles_run: int
     tiles_total: int
-
-
-def _tile_maps(network: nn.Module, x: torch.Tensor, coefficients: torch.Tensor, target_class: int,
-               layers: Sequence[str], methods: Sequence[CAMMethod]) -> tuple[dict[MapKey, torch.Tensor], float]:
-    """Pre-ReLU maps (1, *s) at layer resolution for one tile and its score y_p.
-
-    Args:
-        network: Maps (1, C, *patch) to logits (1, classes, *patch); in eval mode.
-        x: The tile (1, C, *patch).
-        coefficients: a_p (*patch) float, the weight of each voxel's class-c logit in y_p.
-        target_class: c.
-        layers, methods: What to explain.
-    """
-    with ActivationCapture(network, layers) as capture:
-        with torch.no_grad():
-            logits = network(x)
-        activations = capture.checked_activations()
-    with torch.enable_grad():
-        score = (logits[0, target_class].float() * coefficients).sum()
-        gradients = torch.autograd.grad(score, list(activations.values()), allow_unused=True)
-    maps = {}
-    for (layer, a), g in zip(activations.items(), gradients):
-        a = a.detach().float()
-        g = torch.zeros_like(a) if g is None else g.float()
-        for method in methods:
-            maps[(method.name, layer)] = method.combine(a, g)
-    return maps, float(score.detach().double())
 
 
 def explain_tiles(network: nn.Module, data: torch.Tensor, mask: torch.Tensor, tiles: Sequence[Tile],
@@ -143,12 +117,12 @@ def explain_tiles(network: nn.Module, data: torch.Tensor, mask: torch.Tensor, ti
                         raise ExplanationCancelled(f"cancelled after {done} of {total_steps} tiles")
                     spatial = tuple(a - 2 for a in axes)
                     flipped = torch.flip(coefficients, spatial) if axes else coefficients
-                    maps, score = _tile_maps(network, torch.flip(x, axes) if axes else x, flipped, target_class,
-                                             layers, methods)
+                    maps, score = layer_maps(network, torch.flip(x, axes) if axes else x, flipped[None],
+                                             target_class, layers, methods)
                     y_m += score
                     for key, layer_map in maps.items():
                         raw_sums[key] += float(layer_map.double().sum())
-                        up = layer_map[:, None]
+                        up = layer_map[:, None]  # (1, 1, *s)
                         if tuple(up.shape[2:]) != patch:
                             up = F.interpolate(up, size=patch, mode="trilinear" if len(patch) == 3 else "bilinear",
                                                align_corners=False)
