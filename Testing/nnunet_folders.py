@@ -299,6 +299,24 @@ def make_tiny_results(root: Path, configurations: Iterable[str] = ("2d", "3d_ful
             for c in configurations}
 
 
+def ensure_tiny_results(root: Path, configurations: Iterable[str] = ("2d", "3d_fullres")) -> Dict[str, Path]:
+    """The tiny results folders below ``root``, built if missing.
+
+    The build runs in a separate process (this file's ``main``), so the caller's ``nnUNet_*``
+    environment variables stay unset.
+
+    Returns:
+        {configuration: results folder}.
+    """
+    results = Path(root) / "nnUNet_results" / DATASET_NAME
+    folders = {c: results / f"nnUNetTrainer__nnUNetPlans__{c}" for c in configurations}
+    if not all((f / "fold_all" / "checkpoint_final.pth").is_file() for f in folders.values()):
+        import subprocess
+
+        subprocess.run([sys.executable, str(Path(__file__).resolve()), str(root)], check=True)
+    return folders
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
     """CLI: ``python Testing/nnunet_folders.py OUT_DIR``; prints the results folders and timing."""
     argv = sys.argv[1:] if argv is None else argv

@@ -514,3 +514,17 @@ def test_evaluate_says_it_does_not_take_model_folders_yet(folders, tmp_path, cap
     assert main(["evaluate", "--out", str(tmp_path / "e"), "--model", str(folders["2d"]), "--no-real-ct"]) == 2
     err = capsys.readouterr().err
     assert "is a model folder" in err and "Traceback" not in err
+
+
+def test_error_corrupt_checkpoint_and_json(folder_copy):
+    checkpoint = folder_copy / "fold_all" / "checkpoint_final.pth"
+    checkpoint.write_bytes(np.random.default_rng(0).bytes(5000))
+    with pytest.raises(nm.NnUNetLoadError, match="cannot be read .corrupt"):
+        nm.load_nnunet_folder(folder_copy)
+    (folder_copy / "plans.json").write_text("{not json", encoding="utf-8")
+    with pytest.raises(nm.NnUNetLoadError, match="plans.json is not readable JSON"):
+        nm.load_nnunet_folder(folder_copy)
+    (folder_copy / "plans.json").unlink()
+    shutil.copy(folder_copy / "dataset.json", folder_copy / "plans.json")  # valid JSON, wrong content
+    with pytest.raises(nm.NnUNetLoadError, match="not an nnU-Net plans.json"):
+        nm.load_nnunet_folder(folder_copy)

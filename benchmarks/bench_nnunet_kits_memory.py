@@ -45,7 +45,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-DATASET = "Dataset987_TinyKidney"
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -89,12 +88,11 @@ def make_kits_like_ct(shape_kji: tuple[int, int, int], spacing_ijk: tuple[float,
 
 
 def ensure_folders(work: Path) -> dict[str, Path]:
-    """The tiny results folders below ``work/tiny`` (built with Testing/nnunet_folders.py if missing)."""
-    results = work / "tiny" / "nnUNet_results" / DATASET
-    folders = {c: results / f"nnUNetTrainer__nnUNetPlans__{c}" for c in ("2d", "3d_fullres")}
-    if not all((f / "fold_all" / "checkpoint_final.pth").is_file() for f in folders.values()):
-        subprocess.run([sys.executable, str(ROOT / "Testing" / "nnunet_folders.py"), str(work / "tiny")], check=True)
-    return folders
+    """The tiny results folders below ``work/tiny`` (``Testing/nnunet_folders.ensure_tiny_results``)."""
+    sys.path.insert(0, str(ROOT / "Testing"))
+    import nnunet_folders
+
+    return nnunet_folders.ensure_tiny_results(work / "tiny")
 
 
 # approximately a real KiTS23 nnU-Net plan (spacing in nnU-Net's (z, y, x) order, patch size)
@@ -110,7 +108,7 @@ def kits_plans_folder(folder: Path, configuration: str, work: Path) -> Path:
     """
     import shutil
 
-    target = work / "kits_plans" / DATASET / folder.name
+    target = work / "kits_plans" / folder.parent.name / folder.name
     if not (target / "fold_all" / "checkpoint_final.pth").is_file():
         shutil.copytree(folder, target, dirs_exist_ok=True)
     plans = json.loads((folder / "plans.json").read_text())

@@ -65,7 +65,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-DATASET = "Dataset987_TinyKidney"
 CLASS = 1
 METHODS = {"hirescam": "seg-hires-grad-cam", "gradcam": "seg-grad-cam"}  # peer name -> our name
 
@@ -84,12 +83,11 @@ STUB = {
 
 # ------------------------------------------------------------------------------------------ setup
 def ensure_folders(work: Path) -> dict[str, Path]:
-    """The tiny results folders below ``work/tiny`` (built with Testing/nnunet_folders.py if missing)."""
-    results = work / "tiny" / "nnUNet_results" / DATASET
-    folders = {c: results / f"nnUNetTrainer__nnUNetPlans__{c}" for c in ("2d", "3d_fullres")}
-    if not all((f / "fold_all" / "checkpoint_final.pth").is_file() for f in folders.values()):
-        subprocess.run([sys.executable, str(ROOT / "Testing" / "nnunet_folders.py"), str(work / "tiny")], check=True)
-    return folders
+    """The tiny results folders below ``work/tiny`` (``Testing/nnunet_folders.ensure_tiny_results``)."""
+    sys.path.insert(0, str(ROOT / "Testing"))
+    import nnunet_folders
+
+    return nnunet_folders.ensure_tiny_results(work / "tiny")
 
 
 def write_case(work: Path) -> Path:

@@ -144,8 +144,8 @@ def run_case(row: CaseRow, args: argparse.Namespace, settings: BatchSettings, lo
                              pixelSet="point" if row.point else "segment", pointNode=point, device=args.device,
                              onResult=results.append)
     # The heatmap files, panel and statistics as `seghirescam explain` and `batch` write them (one writer),
-    # beside the scene bundle; maps are copied since the nodes keep theirs.
-    result = dataclasses.replace(results[0], maps={key: value.copy() for key, value in results[0].maps.items()})
+    # beside the scene bundle. The writer empties the dict it is given (it never changes the arrays), so it gets its own.
+    result = dataclasses.replace(results[0], maps=dict(results[0].maps))
     target = re.sub(r"[^A-Za-z0-9._-]+", "_", case.segment_name)
     folder = args.out / row.case_id
     folder.mkdir(parents=True, exist_ok=True)

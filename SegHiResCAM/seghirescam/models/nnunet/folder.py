@@ -10,6 +10,7 @@ Several folds form an ensemble whose logits are averaged, as ``nnUNetPredictor``
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -93,6 +94,9 @@ def load_checkpoint_safely(path: Path) -> dict:
         except Exception as e:
             detail = str(e).split("WeightsUnpickler error:")[-1].strip().splitlines()
             detail = detail[0] if detail else type(e).__name__
+            if "global" not in detail.lower():  # not a forbidden object: the bytes are no readable checkpoint
+                raise NnUNetLoadError(f"checkpoint {path} cannot be read (corrupt, truncated or not a PyTorch "
+                                      f"file): {detail}") from None
             raise NnUNetLoadError(
                 f"refusing to load checkpoint {path}: it needs unpickling objects beyond tensors "
                 f"and numpy scalars ({detail})") from None
@@ -265,6 +269,22 @@ def _class_names(label_manager: Any, dataset_json: dict) -> List[str]:
             if v != label_manager.ignore_label][:label_manager.num_segmentation_heads]
 
 
+def _read_json_object(path: Path, required: Sequence[str]) -> dict:
+    """A JSON object file with the keys nnU-Net needs from it.
+
+    Raises:
+        NnUNetLoadError: Unreadable or invalid JSON, not an object, or a required key missing (names the file).
+    """
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise NnUNetLoadError(f"{path} is not readable JSON: {error}") from None
+    if not isinstance(data, dict) or any(key not in data for key in required):
+        raise NnUNetLoadError(f"{path} is not an nnU-Net {path.name}: it needs a JSON object with "
+                              f"{', '.join(repr(k) for k in required)}")
+    return data
+
+
 def load_nnunet_folder(folder: Union[str, Path], folds: Sequence[Union[int, str]] = ("all",),
                        checkpoint: str = "checkpoint_final.pth") -> NnUNetNetwork:
     """Load an nnU-Net v2 results folder ``DatasetXXX_Name/TRAINER__PLANS__CONFIG/``.
@@ -287,7 +307,6 @@ def load_nnunet_folder(folder: Union[str, Path], folds: Sequence[Union[int, str]
             needing arbitrary unpickling, region-based labels, or weights that do not fit
             the plans.
     """
-    from batchgenerators.utilities.file_and_folder_operations import load_json
     from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
@@ -313,8 +332,8 @@ def load_nnunet_folder(folder: Union[str, Path], folds: Sequence[Union[int, str]
             raise NnUNetLoadError(f"checkpoint {fdir / checkpoint} missing; present: {present}")
         paths.append(fdir / checkpoint)
 
-    dataset_json = load_json(str(folder / "dataset.json"))
-    plans_manager = PlansManager(load_json(str(folder / "plans.json")))
+    dataset_json = _read_json_object(folder / "dataset.json", ("labels",))
+    plans_manager = PlansManager(_read_json_object(folder / "plans.json", ("configurations",)))
     ckpts = [load_checkpoint_safely(p) for p in paths]
     first = ckpts[0]
     config_name = first.get("init_args", {}).get("configuration") or folder.name.split("__")[-1]
