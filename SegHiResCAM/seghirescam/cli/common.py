@@ -17,8 +17,8 @@ from seghirescam.cli.method_option import add_method_option
 if TYPE_CHECKING:
     from seghirescam.models.explainable import ExplainableModel
 
-__all__ = ["add_model_options", "add_engine_options", "add_point_radius_option", "load_model_from_args",
-           "engine_options", "ProgressBar", "VOLUME_FORMATS"]
+__all__ = ["add_model_options", "add_engine_options", "add_point_radius_option", "add_input_options",
+           "load_model_from_args", "engine_options", "point_ijk", "ProgressBar", "VOLUME_FORMATS"]
 
 VOLUME_FORMATS = (".nrrd", ".nii.gz", ".mha")
 
@@ -34,6 +34,24 @@ def _batch_size(text: str) -> int | str:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer or 'auto', got {value}")
     return value
+
+
+def point_ijk(text: str) -> tuple[int, int, int]:
+    """argparse type of ``--point``: "I,J,K", three voxel indices of the CT (file order, as a viewer shows them).
+
+    Returns:
+        (i, j, k).
+
+    Raises:
+        argparse.ArgumentTypeError: Unless there are exactly three non-negative integers.
+    """
+    parts = [part.strip() for part in text.split(",")]
+    if len(parts) != 3 or not all(part.lstrip("-").isdigit() for part in parts):
+        raise argparse.ArgumentTypeError(f"expected three voxel indices I,J,K (e.g. 120,85,40), got {text!r}")
+    i, j, k = (int(part) for part in parts)
+    if min(i, j, k) < 0:
+        raise argparse.ArgumentTypeError(f"voxel indices I,J,K count from 0, got {text!r}")
+    return i, j, k
 
 
 def _fold(text: str) -> int | str:
@@ -78,6 +96,13 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
                         help="slices per batch, or auto (default: auto)")
     parser.add_argument("--normalize", default=DEFAULT_NORMALIZATION, choices=list(NORMALIZATIONS),
                         help=help_text(NORMALIZATIONS))
+
+
+def add_input_options(parser: argparse.ArgumentParser) -> None:
+    """``--allow-irregular-slices`` (DICOM series with missing or unevenly spaced slices)."""
+    parser.add_argument("--allow-irregular-slices", action="store_true",
+                        help="a DICOM series with missing or unevenly spaced slices is resampled (linear, along the "
+                        "slice normal) onto a uniform grid, with a warning, instead of refused")
 
 
 def add_point_radius_option(parser: argparse.ArgumentParser) -> None:

@@ -114,7 +114,7 @@ def run_batch(manifest: str | os.PathLike | Sequence[CaseRow], out: str | os.Pat
 
     Raises:
         FileNotFoundError: If the manifest or the model is missing (before any work).
-        CardError: If the model cannot be loaded (local executor: it is loaded once, before any case).
+        CardError: If the model cannot be loaded (it is loaded and checked once, before any case).
         ManifestError: For bad manifest rows (before any work).
         ValueError: For an unknown executor or conflicting options.
         KeyboardInterrupt: After cleaning up and writing the summary of the finished cases.
@@ -127,16 +127,17 @@ def run_batch(manifest: str | os.PathLike | Sequence[CaseRow], out: str | os.Pat
         raise ValueError("give either --scheduler (an existing cluster) or --workers (a local one), not both")
     rows = read_manifest(manifest) if isinstance(manifest, (str, os.PathLike)) else list(manifest)
     settings = with_model_digest(settings)
+    loaded = settings.load_model()  # loaded and checked once, before any case: a bad model is one error
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     _clear_staging(out)
     if executor == "dask":
         from seghirescam.cohort.dask_executor import run_on_dask
 
-        job = BatchJob(settings, out)  # each worker loads the model once
+        job, loaded = BatchJob(settings, out), None  # each worker loads the model once
         execute = functools.partial(run_on_dask, scheduler=scheduler, workers=workers)
     else:
-        job = BatchJob(settings, out, settings.load_model(), slice_bars=progress)  # the model, once per run
+        job = BatchJob(settings, out, loaded, slice_bars=progress)
         execute = run_locally
     finished: dict[str, dict] = {}
     try:

@@ -1,0 +1,132 @@
+"""Corrupt and suspicious images are refused before any work (seghirescam.imaging.integrity, .dicom_series).
+
+Each file is made from a tiny volume written by SimpleITK, then damaged as a disk or a transfer would
+damage it. Without the checks SimpleITK reads a truncated NIfTI with zeros in place of the missing
+voxels, turns NaN/Inf of a float NIfTI into 0, and stacks a DICOM series with a missing slice at one
+stretched spacing.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from dicom_series import write_dicom_series
+
+from seghirescam.imaging.dicom_series import IrregularSlicesError
+from seghirescam.imaging.geometry import Geometry
+from seghirescam.imaging.integrity import CorruptImageError, check_image_file
+from seghirescam.imaging.volumes import Volume, read_volume, write_volume
+
+SHAPE_KJI = (6, 7, 8)
+
+
+def _ct(dtype=np.int16) -> Volume:
+    array = np.random.default_rng(0).integers(-900, 900, size=SHAPE_KJI).astype(dtype)
+    return Volume(array, Geometry((0.8, 0.9, 2.5), (1.0, -2.0, 30.0), (1, 0, 0, 0, 1, 0, 0, 0, 1)))
+
+
+def _damaged(tmp_path: Path, name: str, damage) -> Path:
+    good = write_volume(_ct(), tmp_path / f"good{name}", compress=name.endswith((".gz", ".nrrd")))
+    data = bytearray(good.read_bytes())
+    bad = tmp_path / f"bad{name}"
+    bad.write_bytes(bytes(damage(data)))
+    return bad
+
+
+def _truncate(data: bytearray) -> bytearray:
+    return data[: len(data) * 2 // 3]
+
+
+def _flip_late_byte(data: bytearray) -> bytearray:
+    data[len(data) * 3 // 4] ^= 0x10  # inside the compressed voxel data, past the header
+    return data
+
+
+@pytest.mark.parametrize("name, damage, reason", [
+    (".nii.gz", _truncate, "corrupt"),
+    (".nii", _truncate, "truncated"),
+    (".nii.gz", _flip_late_byte, "CRC check failed|invalid"),
+    (".nrrd", _truncate, "corrupt"),
+])
+def test_damaged_file_is_refused_naming_the_file(tmp_path, name, damage, reason):
+    bad = _damaged(tmp_path, name, damage)
+    before = bad.read_bytes()
+    with pytest.raises(CorruptImageError, match=reason) as caught:
+        read_volume(bad)
+    assert str(bad) in str(caught.value)
+    assert bad.read_bytes() == before  # inputs are never modified
+
+
+def test_truncated_nifti_reports_how_much_is_missing(tmp_path):
+    bad = _damaged(tmp_path, ".nii", lambda data: data[:-100])
+    expected = int(np.prod(SHAPE_KJI)) * 2
+    with pytest.raises(CorruptImageError, match=f"holds {expected - 100} of the {expected} bytes"):
+        check_image_file(bad)
+
+
+@pytest.mark.parametrize("name", [".nii.gz", ".nii", ".nrrd", ".mha"])
+def test_whole_files_read_as_written(tmp_path, name):
+    ct = _ct()
+    read = read_volume(write_volume(ct, tmp_path / f"ct{name}"))
+    np.testing.assert_array_equal(read.array, ct.array)
+
+
+@pytest.mark.parametrize("name", [".nii.gz", ".nii", ".nrrd", ".mha"])
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_float_file_with_nan_or_inf_is_refused(tmp_path, name, value):
+    ct = _ct(np.float32)
+    ct.array[2, 3, 4] = value
+    path = write_volume(ct, tmp_path / f"ct{name}")
+    with pytest.raises(CorruptImageError, match=r"holds 1 NaN or infinite voxel value\(s\) \(float32") as caught:
+        read_volume(path)
+    assert str(path) in str(caught.value)
+
+
+def test_finite_float64_nifti_reads(tmp_path):
+    ct = _ct(np.float64)
+    np.testing.assert_array_equal(read_volume(write_volume(ct, tmp_path / "ct.nii.gz")).array, ct.array)
+
+
+def _dicom_folder(tmp_path: Path, drop: int | None) -> tuple[Path, np.ndarray]:
+    array = np.random.default_rng(1).integers(-500, 500, size=(7, 6, 5)).astype(np.int16)
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing((0.7, 0.7, 2.0))
+    image.SetOrigin((10.0, 20.0, -30.0))
+    folder = tmp_path / "dicom"
+    write_dicom_series(image, folder)
+    if drop is not None:
+        (folder / f"{drop:03d}.dcm").unlink()
+    return folder, array
+
+
+def test_dicom_series_with_a_missing_slice_is_refused(tmp_path):
+    folder, _ = _dicom_folder(tmp_path, drop=3)
+    with pytest.raises(IrregularSlicesError, match="not evenly spaced: gaps from 2 to 4 mm.*missing slice"
+                       ".*--allow-irregular-slices") as caught:
+        read_volume(folder)
+    assert str(folder) in str(caught.value)
+
+
+def test_allowed_irregular_series_is_resampled_onto_the_original_grid(tmp_path, caplog):
+    folder, array = _dicom_folder(tmp_path, drop=3)
+    with caplog.at_level(logging.WARNING):
+        volume = read_volume(folder, allow_irregular_slices=True)
+    assert "resampled" in caplog.text and "7 slices 2 mm apart" in caplog.text
+    assert volume.array.shape == array.shape
+    np.testing.assert_allclose(volume.geometry.spacing, (0.7, 0.7, 2.0), atol=1e-4)
+    np.testing.assert_allclose(volume.geometry.origin, (10.0, 20.0, -30.0), atol=1e-4)
+    kept = [0, 1, 2, 4, 5, 6]
+    np.testing.assert_allclose(volume.array[kept], array[kept], atol=1e-3)
+    np.testing.assert_allclose(volume.array[3], (array[2].astype(float) + array[4]) / 2, atol=1e-3)
+
+
+def test_regular_dicom_series_is_read_unchanged(tmp_path):
+    folder, array = _dicom_folder(tmp_path, drop=None)
+    volume = read_volume(folder)
+    np.testing.assert_array_equal(volume.array, array)
+    np.testing.assert_allclose(volume.geometry.spacing, (0.7, 0.7, 2.0), atol=1e-4)
