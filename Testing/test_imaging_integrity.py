@@ -130,3 +130,15 @@ def test_regular_dicom_series_is_read_unchanged(tmp_path):
     volume = read_volume(folder)
     np.testing.assert_array_equal(volume.array, array)
     np.testing.assert_allclose(volume.geometry.spacing, (0.7, 0.7, 2.0), atol=1e-4)
+
+
+def test_dicom_series_with_two_slices_at_one_position_is_refused_even_when_irregular_is_allowed(tmp_path):
+    folder, _ = _dicom_folder(tmp_path, drop=None)
+    moved = sitk.ReadImage(str(folder / "004.dcm"))
+    moved.SetMetaData("0020|0032", sitk.ReadImage(str(folder / "003.dcm")).GetMetaData("0020|0032"))
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    writer.SetFileName(str(folder / "004.dcm"))
+    writer.Execute(moved)
+    with pytest.raises(IrregularSlicesError, match="at the same position"):
+        read_volume(folder, allow_irregular_slices=True)

@@ -63,13 +63,6 @@ def import_factory(factory: str) -> Callable[..., nn.Module]:
     return function
 
 
-def _read_weights(path: Path) -> dict[str, torch.Tensor]:
-    """A state dict from ``.safetensors`` or a weights-only ``.pt``/``.pth`` (``models.weights``)."""
-    if path.is_file() and path.suffix.lower() not in (".safetensors", ".pt", ".pth"):
-        raise FactoryError(f"unsupported weights file {path.name}: use .safetensors or a .pt/.pth state dict")
-    return read_state_dict(path, FactoryError)
-
-
 def _load_state(network: nn.Module, state: dict[str, torch.Tensor], path: Path, factory: str) -> None:
     mismatch = state_dict_mismatch(network, state)
     if mismatch:
@@ -121,7 +114,7 @@ def load_factory_model(factory: str, weights: str | os.PathLike, card: ModelCard
     if dims != 2:
         raise FactoryError(f"factory {factory!r} builds a {dims}D network; factory models are explained slice by "
                            "slice and must be 2D for now (package a 3D network as a MONAI bundle)")
-    _load_state(network, _read_weights(weights), weights, factory)
+    _load_state(network, read_state_dict(weights, FactoryError), weights, factory)
     network.eval()
     _check_io(network, card, weights)
     loaded = LoadedModel(network, _with_layers(card, network), weights)

@@ -25,6 +25,7 @@ _FORMATS = {"safetensors": "a safetensors file",
             "safetensors-damaged": "a truncated or damaged safetensors file (its header or data is cut or broken)",
             "torchscript": "a TorchScript archive", "torch-zip": "a torch.save archive",
             "zip-damaged": "a damaged or truncated zip archive (torch.save or TorchScript)",
+            "zip-other": "a zip archive that is neither TorchScript nor a torch.save file",
             "pickle": "a Python pickle (legacy torch.save)", "empty": "an empty file (0 bytes)",
             "unknown": "no model format SegHiResCAM knows"}
 _EXTENSIONS = {"safetensors": (".safetensors",), "safetensors-damaged": (".safetensors",),
@@ -42,7 +43,7 @@ def sniff_model_file(path: Path) -> str:
     Returns:
         "safetensors" (an 8-byte header length, then that much JSON), "safetensors-damaged" (the start
         of one, but its header or data is cut or broken), "torchscript" (a zip with TorchScript code),
-        "torch-zip" (a ``torch.save`` zip), "zip-damaged", "pickle" (a legacy ``torch.save`` or any
+        "torch-zip" (a ``torch.save`` zip), "zip-damaged", "zip-other" (any other zip), "pickle" (a legacy ``torch.save`` or any
         pickle), "empty" or "unknown".
     """
     size = path.stat().st_size
@@ -56,8 +57,9 @@ def sniff_model_file(path: Path) -> str:
                     names = archive.namelist()
             except (zipfile.BadZipFile, OSError, EOFError):
                 return "zip-damaged"
-            code = any(name.endswith("constants.pkl") or "/code/" in name for name in names)
-            return "torchscript" if code else "torch-zip"
+            if any(name.endswith("constants.pkl") or "/code/" in name for name in names):
+                return "torchscript"
+            return "torch-zip" if any(name.endswith("data.pkl") for name in names) else "zip-other"
         if len(head) > 1 and head[0] == 0x80 and 2 <= head[1] <= 5:  # pickle protocol 2-5
             return "pickle"
         if len(head) >= 9 and head[8:9] == b"{":
