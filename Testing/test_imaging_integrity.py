@@ -142,3 +142,48 @@ def test_dicom_series_with_two_slices_at_one_position_is_refused_even_when_irreg
     writer.Execute(moved)
     with pytest.raises(IrregularSlicesError, match="at the same position"):
         read_volume(folder, allow_irregular_slices=True)
+
+
+def test_batch_records_corrupt_and_irregular_inputs_as_failed_with_the_reason(tmp_path):
+    from test_cohort_runner import record, tiny_model, write_case, write_manifest
+
+    from seghirescam.cohort.runner import BatchSettings, run_batch
+
+    data = tmp_path / "data"
+    data.mkdir()
+    ct, seg = write_case(data, "good", 1)
+    (data / "truncated.nii.gz").write_bytes((data / ct).read_bytes()[:-50])
+    folder, _ = _dicom_folder(data, drop=3)
+    rows = [{"case_id": "truncated", "ct": "truncated.nii.gz", "seg": seg, "segment": "1"},
+            {"case_id": "gap", "ct": folder.name, "seg": seg, "segment": "1"}]
+    out = tmp_path / "out"
+    report = run_batch(write_manifest(data, rows), out, BatchSettings(model=str(tiny_model(data)), figure=False),
+                       progress=False)
+    assert report.exit_code == 1
+    expected = {"truncated": ("CorruptImageError", "truncated.nii.gz is corrupt"),
+                "gap": ("IrregularSlicesError", "not evenly spaced")}
+    for case_id, (kind, words) in expected.items():
+        failed = record(out, case_id)
+        assert failed["status"] == "failed" and failed["error"]["type"] == kind and words in failed["error"]["message"]
+
+
+def test_explain_refuses_a_gap_and_with_the_option_explains_on_the_uniform_grid(tmp_path, capsys):
+    from test_cohort_runner import tiny_model
+
+    from seghirescam.cli import main
+
+    array = np.full((7, 32, 32), -100, np.int16)
+    array[:, 8:20, 10:22] = 40
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing((2.0, 2.0, 4.0))
+    write_dicom_series(image, tmp_path / "dicom")
+    (tmp_path / "dicom" / "002.dcm").unlink()
+    labels = Volume((array > 0).astype(np.uint8), Geometry((2.0, 2.0, 4.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1)))
+    argv = ["explain", "--ct", str(tmp_path / "dicom"), "--seg", str(write_volume(labels, tmp_path / "seg.nii.gz")),
+            "--label", "1", "--target-class", "kidney", "--model", str(tiny_model(tmp_path)), "--device", "cpu",
+            "--method", "seg-hires-grad-cam"]
+    assert main([*argv, "--out", str(tmp_path / "refused")]) == 2
+    assert "--allow-irregular-slices" in capsys.readouterr().err
+    assert main([*argv, "--out", str(tmp_path / "out"), "--allow-irregular-slices"]) == 0
+    heatmaps = [p for p in (tmp_path / "out").iterdir() if p.name.endswith(".nrrd")]
+    assert heatmaps and all(read_volume(p).array.shape == array.shape for p in heatmaps)
