@@ -109,3 +109,16 @@ def test_corrupt_ct_on_the_command_line_is_one_error(tmp_path, case, capsys):
                       "--label", "1", "--target-class", "kidney", "--device", "cpu"], capsys)
     assert err.startswith(f"seghirescam explain: error: {truncated} is corrupt (truncated or damaged)")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["explain", "--out", "o", "--ct", "c", "--seg", "s", "--label", "1", "--point-radius", "-1"],
+     "argument --point-radius: must be an integer >= 0, got '-1'"),
+    (["batch", "m.csv", "--out", "o", "--executor", "dask", "--workers", "0"],
+     "argument --workers: must be a positive integer, got '0'"),
+    (["train", "--out", "m.safetensors", "--steps", "ten"], "argument --steps: must be a positive integer, got 'ten'"),
+    (["train", "--out", "m.safetensors", "--max-minutes", "-5"],
+     "argument --max-minutes: must be a positive number, got '-5'"),
+])
+def test_out_of_range_numbers_name_the_option(argv, words, capsys):
+    assert _parse_error(argv, capsys).endswith(words)

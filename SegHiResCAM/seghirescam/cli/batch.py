@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from seghirescam.cli.common import (VOLUME_FORMATS, add_engine_options, add_input_options, add_model_options,
-                                    add_point_radius_option, engine_options)
+                                    add_point_radius_option, engine_options, positive_int)
 from seghirescam.cohort.executors import EXECUTORS
 
 __all__ = ["register", "run"]
@@ -37,7 +37,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--executor", default="local", choices=list(EXECUTORS),
                         help="; ".join(f"{key}: {text}" for key, text in EXECUTORS.items()))
     parser.add_argument("--scheduler", help="address of a running Dask scheduler (with --executor dask)")
-    parser.add_argument("--workers", type=int, help="with --executor dask: start a local Dask cluster of N "
+    parser.add_argument("--workers", type=positive_int, help="with --executor dask: start a local Dask cluster of N "
                         "single-threaded workers")
 
 

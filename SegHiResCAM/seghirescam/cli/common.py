@@ -18,7 +18,8 @@ if TYPE_CHECKING:
     from seghirescam.models.explainable import ExplainableModel
 
 __all__ = ["add_model_options", "add_engine_options", "add_point_radius_option", "add_input_options",
-           "load_model_from_args", "engine_options", "point_ijk", "ProgressBar", "VOLUME_FORMATS"]
+           "load_model_from_args", "engine_options", "point_ijk", "positive_int", "non_negative_int", "positive_float",
+           "ProgressBar", "VOLUME_FORMATS"]
 
 VOLUME_FORMATS = (".nrrd", ".nii.gz", ".mha")
 
@@ -34,6 +35,26 @@ def _batch_size(text: str) -> int | str:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer or 'auto', got {value}")
     return value
+
+
+def _number(kind: type, low: float, what: str):
+    """An argparse type: a ``kind`` (int or float) of at least ``low`` (``what`` says which, in the message)."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
+        return value
+
+    parse.__name__ = what  # argparse names the type in some messages
+    return parse
+
+
+positive_int = _number(int, 1, "a positive integer")
+non_negative_int = _number(int, 0, "an integer >= 0")
+positive_float = _number(float, 1e-9, "a positive number")
 
 
 def point_ijk(text: str) -> tuple[int, int, int]:
@@ -107,7 +128,7 @@ def add_input_options(parser: argparse.ArgumentParser) -> None:
 
 def add_point_radius_option(parser: argparse.ArgumentParser) -> None:
     """``--point-radius`` (default ``DEFAULT_POINT_RADIUS``)."""
-    parser.add_argument("--point-radius", type=int, default=DEFAULT_POINT_RADIUS,
+    parser.add_argument("--point-radius", type=non_negative_int, default=DEFAULT_POINT_RADIUS,
                         help=f"in-plane disc radius (pixels) around a point, on its own slice; 0: the voxel alone "
                         f"(default: {DEFAULT_POINT_RADIUS})")
 
