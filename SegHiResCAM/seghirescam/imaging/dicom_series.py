@@ -79,7 +79,12 @@ def read_dicom_series(folder: str | Path, *, allow_irregular_slices: bool = Fals
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
     reader.MetaDataDictionaryArrayUpdateOn()
-    image = reader.Execute()
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # ITK's "non uniform sampling" line: said better below
+    try:
+        image = reader.Execute()
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
     if len(files) < 3:
         return image
     positions = _positions(reader, len(files), folder)
