@@ -66,10 +66,10 @@ def _foreign_zip() -> bytes:
 
 
 BAD_FILES = {  # name: (bytes from the good safetensors and the model, what the message must say)
-    "whole_model_named.safetensors": (lambda st, m: _torch_save(m), r"pickled Python objects.*though named "
-                                      r"\.safetensors.*arbitrary code"),
+    "whole_model_named.safetensors": (lambda st, m: _torch_save(m), r"pickled Python objects.*the file is a torch"
+                                      r"\.save archive, though named \.safetensors.*arbitrary code"),
     "plain_pickle_named.safetensors": (lambda st, m: __import__("pickle").dumps({"a": object}, protocol=4),
-                                       r"pickled Python objects \(a Python pickle"),
+                                       r"pickled Python objects.*the file is a Python pickle"),
     "foreign_zip_named.ts": (lambda st, m: _foreign_zip(), "a zip archive that is neither TorchScript nor"),
     "truncated.safetensors": (lambda st, m: st[: len(st) // 2], "truncated or damaged safetensors"),
     "header_truncated.safetensors": (lambda st, m: st[:20], "truncated or damaged safetensors"),

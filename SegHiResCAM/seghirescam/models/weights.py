@@ -124,8 +124,8 @@ def read_state_dict(path: Path, error: type[Exception], *, unwrap: tuple[str, ..
             warnings.simplefilter("ignore", UserWarning)  # "Detected pickle protocol 4": refused below anyway
             state = torch.load(handle, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as reason:
-        raise error(f"{path} holds pickled Python objects ({what}, e.g. a whole model saved with "
-                    f"torch.save(model)); {PICKLE_REFUSAL}") from reason
+        raise error(f"{path} holds pickled Python objects, e.g. a whole model saved with torch.save(model) (the "
+                    f"file is {what}); {PICKLE_REFUSAL}") from reason
     except Exception as reason:  # noqa: BLE001 - a truncated or foreign file
         raise error(f"{path} cannot be read as PyTorch weights ({what}): {reason}") from reason
     for key in unwrap:
