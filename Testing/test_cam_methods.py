@@ -25,7 +25,7 @@ from matplotlib.lines import Line2D
 
 import seghirescam.evaluation.plots as evaluation_plots
 from seghirescam import UNet2D
-from seghirescam.cam.method_info import METHOD_INFO, PlotStyle, display_name, method_keys, registered_methods
+from seghirescam.cam.method_info import COSTS, METHOD_INFO, PlotStyle, display_name, method_keys, registered_methods
 from seghirescam.cam.methods import METHODS, CAMMethod, register_method, seg_xres_cam, unregister_method
 from seghirescam.cli import main
 from seghirescam.imaging.volumes import Volume, write_volume
@@ -72,7 +72,8 @@ def test_every_registered_method_carries_complete_metadata(key):
     assert method.key == method.name == key and METHOD_INFO[key].display_name == method.display_name
     assert method.display_name and method.short_title and method.citation and method.description
     assert is_color_like(method.style.colour) and method.style.line_style in Line2D.lineStyles
-    assert callable(method.combine)
+    assert callable(method.combine) != callable(method.model_pass), "exactly one of combine and model_pass"
+    assert method.cost in COSTS
 
 
 def test_the_torch_free_metadata_lists_exactly_the_runnable_methods():
@@ -103,11 +104,14 @@ def test_configured_seg_xres_variants_get_derived_titles_and_the_default_is_the_
 
 def test_readme_method_table_lists_exactly_the_registered_methods():
     text = (ROOT / "README.md").read_text(encoding="utf-8")
-    table = re.search(r"^\| method \| map \|\n\|---\|---\|\n((?:\|.*\|\n)+)", text, re.M)
-    assert table, "README.md has no '| method | map |' table"
-    rows = [line.split("|")[1].strip() for line in table.group(1).splitlines()]
-    assert sorted(rows) == sorted(m.display_name for m in registered_methods()), \
+    table = re.search(r"^\| method \| key \| map \| cost \|\n\|---\|---\|---\|---\|\n((?:\|.*\|\n)+)", text, re.M)
+    assert table, "README.md has no '| method | key | map | cost |' table"
+    rows = [[cell.strip() for cell in re.split(r"(?<!\\)\|", line)[1:-1]] for line in table.group(1).splitlines()]
+    assert sorted(row[0] for row in rows) == sorted(m.display_name for m in registered_methods()), \
         "the README's method table must have one row per registered method (its display name)"
+    by_name = {m.display_name: m for m in registered_methods()}
+    for name, key, _formula, cost in rows:
+        assert (key, cost) == (f"`{by_name[name].key}`", by_name[name].cost), f"{name}: wrong key or cost class"
 
 
 def test_readme_table_check_fails_for_a_method_without_a_row(abs_cam):

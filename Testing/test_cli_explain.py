@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -118,3 +123,26 @@ def test_demo_writes_maps_panels_and_summary(tmp_path):
             np.testing.assert_allclose(np.concatenate(_geometry(image)), np.concatenate(_geometry(ct)))
     prediction = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "prediction.nrrd")))
     assert set(np.unique(prediction)) >= {0, 1}
+
+
+def test_new_methods_run_from_the_command_line_on_the_real_ct_with_a_cost_estimate(tmp_path, real_ct_dir):
+    """``python -m seghirescam.cli explain`` with a perturbation and a gradient method (one slice: a point's disc)."""
+    seg_path = real_ct_dir / "example_seg_fast_force_split.nii.gz"
+    segment = sitk.GetArrayFromImage(sitk.ReadImage(str(seg_path))) == 3
+    voxels = np.argwhere(segment)
+    k, j, i = voxels[np.argmin(((voxels - voxels.mean(axis=0)) ** 2).sum(axis=1))]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "SegHiResCAM")}
+    done = subprocess.run([sys.executable, "-m", "seghirescam.cli", "explain", "--ct", str(real_ct_dir / "example_ct.nii.gz"),
+                           "--seg", str(seg_path), "--label", "3", "--label-names", str(real_ct_dir / "total_class_map.json"),
+                           "--pixel-set", "point", "--point", f"{i},{j},{k}", "--method", "seg-score-cam",
+                           "--method", "seg-grad-cam-pp", "--device", "cpu", "--out", str(tmp_path / "out")],
+                          capture_output=True, encoding="utf-8", errors="replace", env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"seg-score-cam: \d+ extra forward passes \(one per channel of bottleneck, on 1 slices", done.stderr)
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text(encoding="utf-8"))
+    assert summary["targets"][0]["slices_explained"] == 1
+    for method in ("seg-score-cam", "seg-grad-cam-pp"):
+        (path,) = (tmp_path / "out").glob(f"kidney_left_{method}_*.nrrd")
+        heat = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+        assert heat.shape == segment.shape and heat.max() == pytest.approx(1.0)
+        assert np.flatnonzero(heat.any(axis=(1, 2))).tolist() == [k]

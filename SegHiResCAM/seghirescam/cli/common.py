@@ -7,10 +7,11 @@ command, never at the top of a ``cli`` module.
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from seghirescam.cam.method_info import DEFAULT_METHOD_KEYS
+from seghirescam.cam.method_info import DEFAULT_METHOD_KEYS, METHOD_INFO
 from seghirescam.cam.vocabulary import DEFAULT_NORMALIZATION, DEFAULT_POINT_RADIUS, NORMALIZATIONS, help_text
 from seghirescam.cli.method_option import add_method_option
 
@@ -104,8 +105,16 @@ def load_model_from_args(args: argparse.Namespace) -> ExplainableModel:
 
 
 def engine_options(args: argparse.Namespace) -> dict:
-    """Keyword arguments of ``ExplainableModel.explain_ct`` from the engine options."""
-    return {"methods": tuple(args.method or DEFAULT_METHOD_KEYS), "device": args.device,
+    """Keyword arguments of ``ExplainableModel.explain_ct`` from the engine options.
+
+    When a perturbation method (one forward per channel and slice) is chosen, the engine's cost
+    estimate, logged at INFO by ``seghirescam.cam.perturbation`` before those forwards start, is let
+    through to the terminal.
+    """
+    methods = tuple(args.method or DEFAULT_METHOD_KEYS)
+    if any(METHOD_INFO[key].cost == "perturbation" for key in methods if key in METHOD_INFO):
+        logging.getLogger("seghirescam.cam.perturbation").setLevel(logging.INFO)
+    return {"methods": methods, "device": args.device,
             "batch_size": args.batch_size, "normalize": args.normalize}
 
 
