@@ -101,8 +101,9 @@ def _explain_batch(model: nn.Module, x: torch.Tensor, m: torch.Tensor, target_cl
     if raw:
         return maps
     upsampled: dict[MapKey, torch.Tensor] = {}
-    for layer in dict.fromkeys(layer for _, layer in maps):  # one interpolation per layer (its own resolution)
-        keys = [key for key in maps if key[1] == layer]
+    # one interpolation per layer and resolution (FullGrad's maps are at the input's)
+    for layer, shape in dict.fromkeys((layer, tuple(value.shape)) for (_, layer), value in maps.items()):
+        keys = [key for key, value in maps.items() if key[1] == layer and tuple(value.shape) == shape]
         stacked = torch.stack([maps[key] for key in keys], dim=1)  # (B, n_methods, h, w)
         stacked = F.interpolate(stacked.clamp_min(0), size=xp.shape[-2:], mode="bilinear", align_corners=False)
         upsampled.update({key: stacked[:, index, :height, :width] for index, key in enumerate(keys)})
