@@ -222,8 +222,9 @@ def explain_volume(model: nn.Module, volume: np.ndarray, mask: np.ndarray, targe
             ("bottleneck" if the model has it).
         methods: Method names or ``CAMMethod`` objects.
         axis: The slicing axis of ``volume`` (0, 1, 2 or negative).
-        batch_size: Slices per batch, or "auto" (fits a quarter of free memory). On CUDA
-            out-of-memory the batch is halved and retried, with a warning.
+        batch_size: Slices per batch, or "auto" (fits a quarter of free memory; 1 with a perturbation
+            method, whose own forwards are batched over channels). On CUDA out-of-memory the batch is
+            halved and retried, with a warning.
         device: "auto" (CUDA, else MPS, else CPU), "cpu", "cuda", "cuda:N", "mps".
         normalize: "volume" (divide each map by its volume max), "slice" (each slice by its
             own max) or "none". Division happens only where the max is > 0.
@@ -271,7 +272,8 @@ def explain_volume(model: nn.Module, volume: np.ndarray, mask: np.ndarray, targe
         return x, torch.from_numpy(masks[indices]).to(torch_device)
 
     with evaluation_mode(work_model):
-        if batch_size == "auto":
+        auto = batch_size == "auto"
+        if auto:
             example = pad_slices(prepared(todo[:1])[0], multiple)[0]
             batch_size = auto_batch_size(work_model, example, len(todo))
             if torch_device.type == "cpu":
@@ -280,6 +282,8 @@ def explain_volume(model: nn.Module, volume: np.ndarray, mask: np.ndarray, targe
             raise ValueError(f"batch_size must be a positive int or 'auto', got {batch_size!r}")
         if any(method.cost == "perturbation" for method in method_list):  # printed by the CLI before they start
             log_cost_estimate(work_model, pad_slices(prepared(todo[:1])[0], multiple)[0], layers, method_list, len(todo))
+            if auto:  # their forwards are batched over channels; one slice per step keeps progress fine-grained
+                batch_size = 1
         done = 0
         while done < len(todo):
             if cancel is not None and cancel():
