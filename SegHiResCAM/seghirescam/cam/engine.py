@@ -96,6 +96,9 @@ def gradient_maps(logits: torch.Tensor, activations: dict[str, torch.Tensor], we
         ValueError: If c is out of range, or a method that runs the network again gets no model.
     """
     check_target_class(target_class, logits.shape[1])
+    needing = [method.key for method in methods if method.model_pass is not None]
+    if needing and (model is None or x is None):
+        raise ValueError(f"{', '.join(needing)} run the network again: pass the model and its input")
     with torch.enable_grad():
         scores = target_scores(logits, weights, target_class)
         score = scores.sum()
