@@ -21,7 +21,6 @@ import contextlib
 import functools
 import logging
 import os
-import re
 import shutil
 import time
 import uuid
@@ -88,9 +87,8 @@ def _explain(row: CaseRow, settings: BatchSettings, loaded: ExplainableModel, fo
     result = explain_ct(case.ct, case.mask, loaded, case.target_class, layers=settings.layers,
                         methods=settings.methods, device=device, batch_size=settings.batch_size,
                         normalize=settings.normalize, progress=progress, map_dtype=np.dtype(settings.map_dtype))
-    target, shape = re.sub(r"[^A-Za-z0-9._-]+", "_", case.segment_name), list(case.ct.array.shape)
-    written = write_case_outputs(folder, case, result, target, extension=settings.extension,
-                                 figure=settings.figure)
+    shape = list(case.ct.array.shape)
+    written = write_case_outputs(folder, case, result, extension=settings.extension, figure=settings.figure)
     return {**written, "files": {name: Path(p).name for name, p in written["files"].items()},
             "target_class": case.target_class, "target_class_name": loaded.class_names[case.target_class],
             "segment_name": case.segment_name, "label_values": case.label_values,
