@@ -20,7 +20,8 @@ import matplotlib.image
 import numpy as np
 import pytest
 from fault_injection import PHASES, inject
-from test_cohort_runner import batch, heat, leftovers, read_summary, record, write_cohort, write_manifest
+from test_cohort_runner import (PHANTOM_NAMES, batch, heat, leftovers, read_summary, record, write_cohort,
+                                write_label_names, write_manifest)
 
 from seghirescam.cohort.case_runner import FAILURE_NAME
 from seghirescam.cohort.manifest import ManifestError, read_manifest
@@ -67,7 +68,8 @@ def _b_run(baseline, phase: str) -> list[str]:
     """Run B's command line arguments: a re-run that rewrites case1 with another CT (its CT missing for the
     failure phase); case0 is reused."""
     _, model, _, missing, changed = baseline
-    return [str(missing if phase == "failure" else changed), "--model", str(model), "--device", "cpu"]
+    return [str(missing if phase == "failure" else changed), "--model", str(model), "--device", "cpu",
+            "--label-names", str(write_label_names(changed.parent))]
 
 
 def _recover_and_compare(baseline, out: Path, phase: str) -> None:
@@ -171,7 +173,7 @@ def test_case_ids_that_collide_with_run_files_are_refused_up_front(baseline, rer
     assert message in capsys.readouterr().err
     assert {p: p.read_bytes() for p in rerun_out.rglob("*") if p.is_file()} == before
     with pytest.raises(ManifestError, match="collide"):
-        run_batch(read_manifest(colliding), rerun_out, BatchSettings(model=str(model)), progress=False)
+        run_batch(read_manifest(colliding), rerun_out, BatchSettings(model=str(model), label_names=PHANTOM_NAMES), progress=False)
 
 
 def unwritable_folder(tmp_path: Path) -> Path:
