@@ -60,7 +60,7 @@ def test_dicom_folder_gives_the_same_map_as_nifti(phantom_files):
     maps = {}
     for name, ct in (("nifti", tmp / "ct.nii.gz"), ("dicom", tmp / "dicom")):
         code, out = _explain(tmp, ct, tmp / "labels.nii.gz", "--segment", "kidney", "--label-names", str(tmp / "names.json"),
-                             out=name)
+                             out=f"{name}-out")
         assert code == 0
         maps[name] = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "kidney__M-kidney_seg-hires-grad-cam_bottleneck.nrrd")))
     assert maps["nifti"].any()
