@@ -174,9 +174,9 @@ def test_a_registered_method_is_written_by_explain(abs_cam, phantom_case, monkey
     monkeypatch.setattr(outputs, "write_panel", spy)
     out = phantom_case / "out"
     assert main(["explain", "--ct", str(phantom_case / "ct.nii.gz"), "--seg", str(phantom_case / "labels.nii.gz"),
-                 "--segment", "kidney", "--out", str(out), "--device", "cpu", "--method", TEST_KEY,
+                 "--label", "1", "--target-class", "kidney", "--out", str(out), "--device", "cpu", "--method", TEST_KEY,
                  "--method", "seg-hires-grad-cam"]) == 0
-    heat = sitk.GetArrayFromImage(sitk.ReadImage(str(out / f"kidney_{TEST_KEY}_bottleneck.nrrd")))
+    heat = sitk.GetArrayFromImage(sitk.ReadImage(str(out / f"kidney__M-label_1_{TEST_KEY}_bottleneck.nrrd")))
     assert heat.max() == pytest.approx(1.0)
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     record = summary["targets"][0]

@@ -18,7 +18,7 @@ from seghirescam.cli.method_option import add_method_option
 if TYPE_CHECKING:
     from seghirescam.models.explainable import ExplainableModel
 
-__all__ = ["add_model_options", "add_engine_options", "add_point_radius_option", "load_model_from_args",
+__all__ = ["add_model_options", "add_engine_options", "add_point_radius_option", "add_out_options", "load_model_from_args",
            "engine_options", "ProgressBar", "VOLUME_FORMATS"]
 
 VOLUME_FORMATS = (".nrrd", ".nii.gz", ".mha")
@@ -79,6 +79,14 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
                         help="slices per batch, or auto (default: auto)")
     parser.add_argument("--normalize", default=DEFAULT_NORMALIZATION, choices=list(NORMALIZATIONS),
                         help=help_text(NORMALIZATIONS))
+
+
+def add_out_options(parser: argparse.ArgumentParser) -> None:
+    """``--out`` (a folder the run owns, ``ct.run_folder``) and ``--overwrite``."""
+    parser.add_argument("--out", type=Path, required=True,
+                        help="output folder; must be empty or new unless --overwrite (checked before any work)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the results of an earlier run in --out (files of other programs are kept)")
 
 
 def add_point_radius_option(parser: argparse.ArgumentParser) -> None:
