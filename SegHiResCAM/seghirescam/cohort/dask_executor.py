@@ -15,12 +15,11 @@ import contextlib
 import dataclasses
 import logging
 import re
-import shutil
 import uuid
 import zlib
 from collections.abc import Iterator, Sequence
 
-from seghirescam.cohort.case_runner import STAGING, BatchJob
+from seghirescam.cohort.case_runner import BatchJob, tidy_staging
 from seghirescam.cohort.loop import process_one
 from seghirescam.cohort.manifest import CaseRow
 
@@ -144,7 +143,7 @@ def _cases_on_dask(rows: Sequence[CaseRow], job: BatchJob, scheduler: str | None
             client.close()
             cluster.close()
             client = cluster = None
-            shutil.rmtree(job.out / STAGING, ignore_errors=True)
+            tidy_staging(job.out, clear=True)
         raise
     finally:
         if client is not None:
