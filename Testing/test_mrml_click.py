@@ -203,6 +203,8 @@ def test_bad_settings_and_models_are_refused_clearly(case, tmp_path):
         click.configure(colour="red")
     with pytest.raises(ValueError, match="normalize must be one of"):
         click.configure(normalize="max")
+    with pytest.raises(ValueError, match="unknown device"):
+        click.configure(device="gpu7")
     assert click.normalize == "volume"  # a refused change changes nothing
     import monai_bundles
 

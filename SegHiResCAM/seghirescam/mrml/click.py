@@ -28,6 +28,7 @@ from seghirescam.cam.engine import DEFAULT_METHODS, MapKey
 from seghirescam.cam.interactive import SliceExplainer, SliceExplanation, gradient_methods
 from seghirescam.cam.method_info import display_name
 from seghirescam.cam.normalization import check_normalize
+from seghirescam.cam.runtime import resolve_device
 from seghirescam.cam.vocabulary import CLICK_MODES, DEFAULT_CLICK_MODE, DEFAULT_NORMALIZATION, DEFAULT_POINT_RADIUS
 from seghirescam.imaging.geometry import Geometry
 from seghirescam.imaging.volumes import SliceOrientation
@@ -147,6 +148,7 @@ class ClickExplainLogic:
         if "methods" in settings:
             values["methods"] = tuple(method.key for method in gradient_methods(settings["methods"]))
         check_normalize(values["normalize"])
+        resolve_device(values["device"])  # an unknown or missing device fails now, not at the click
         if values["mode"] not in CLICK_MODES:
             raise ValueError(f"click mode must be one of {', '.join(CLICK_MODES)}, got {values['mode']!r}")
         radius = values["radius"]
