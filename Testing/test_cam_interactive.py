@@ -161,6 +161,10 @@ def test_perturbation_methods_are_refused_with_a_reason(case):
             SliceExplainer(loaded.model, image, KIDNEY, methods=("seg-hires-grad-cam", method.key))
     finally:
         unregister_method(method.key)
+    for key, registered in METHODS.items():  # the registry's own perturbation methods, where registered
+        if getattr(registered, "cost", "gradient") == "perturbation":
+            with pytest.raises(ValueError, match=f"{key} needs many forward passes"):
+                SliceExplainer(loaded.model, image, KIDNEY, methods=(key,))
 
 
 def test_model_and_image_are_left_as_found():
