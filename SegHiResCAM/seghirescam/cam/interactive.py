@@ -167,6 +167,7 @@ class SliceExplainer:
         self.forward_passes = 0
         self._logits: torch.Tensor | None = None
         self._activations: dict[str, torch.Tensor] | None = None
+        self._prediction: np.ndarray | None = None
         self._padded_size: tuple[int, int] = (self.height, self.width)
 
     # ---- the kept forward pass ---------------------------------------------------------------
@@ -193,13 +194,16 @@ class SliceExplainer:
 
     def release(self) -> None:
         """Free the kept graph and activations (the next click runs the forward pass again)."""
-        self._logits, self._activations = None, None
+        self._logits, self._activations, self._prediction = None, None, None
 
     @property
     def prediction(self) -> np.ndarray:
-        """The model's label of every pixel (argmax of the logits), (H, W) int64 numpy."""
+        """The model's label of every pixel (argmax of the logits), (H, W) int64 numpy (a read-only view)."""
         self.prepare()
-        return self._logits[0, :, :self.height, :self.width].detach().argmax(0).cpu().numpy()
+        if self._prediction is None:
+            self._prediction = self._logits[0, :, :self.height, :self.width].detach().argmax(0).cpu().numpy()
+            self._prediction.flags.writeable = False
+        return self._prediction
 
     # ---- clicks ------------------------------------------------------------------------------
     def explain_mask(self, m: np.ndarray | torch.Tensor) -> SliceExplanation:
