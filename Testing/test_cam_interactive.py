@@ -6,8 +6,6 @@ exercised); maps compared with ``explain_slices`` for the same M. Arrays: image 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import pytest
 import torch
@@ -17,13 +15,15 @@ from scipy import ndimage
 from seghirescam.cam.engine import explain_slices
 from seghirescam.cam.inference import predict_slices
 from seghirescam.cam.interactive import SliceExplainer
-from seghirescam.cam.method_info import METHOD_INFO
-from seghirescam.cam.methods import METHODS, CAMMethod, register_method, unregister_method
+from seghirescam.cam.methods import METHODS
 from seghirescam.models.loading import load_default_model
 from seghirescam.synthetic.phantom import make_phantom
 
 LAYERS = ("enc3", "bottleneck", "dec2")
 KIDNEY = 1
+
+# every registered method explained from the kept graph: those that are (A, G) formulas
+GRADIENT_METHODS = tuple(key for key, method in METHODS.items() if method.combine is not None)
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,7 @@ def case():
 
 def _explainer(case, **options) -> SliceExplainer:
     loaded, image = case
-    settings = {"layers": LAYERS, "methods": tuple(METHODS), "normalize": "none",
+    settings = {"layers": LAYERS, "methods": GRADIENT_METHODS, "normalize": "none",
                 "pad_to_multiple": loaded.card.size_multiple, **options}
     return SliceExplainer(loaded.model, image, options.pop("target_class", KIDNEY), **settings)
 
@@ -46,7 +46,7 @@ def _explainer(case, **options) -> SliceExplainer:
 def _reference(case, mask: np.ndarray, target: int = KIDNEY) -> dict:
     loaded, image = case
     maps = explain_slices(loaded.model, image[None], torch.from_numpy(mask)[None], target, layers=LAYERS,
-                          methods=tuple(METHODS), pad_to_multiple=loaded.card.size_multiple)
+                          methods=GRADIENT_METHODS, pad_to_multiple=loaded.card.size_multiple)
     return {key: value[0].numpy() for key, value in maps.items()}
 
 
@@ -143,28 +143,32 @@ def test_bad_settings_fail_at_construction(case):
         SliceExplainer(loaded.model, torch.full_like(image, float("nan")), KIDNEY)
 
 
-@dataclass(frozen=True, kw_only=True)
-class _PerturbationMethod(CAMMethod):
-    """A method that needs forward passes of its own per map (as Score-CAM-like methods do)."""
-
-    perturbation: bool = True
-
-
 def test_perturbation_methods_are_refused_with_a_reason(case):
     loaded, image = case
-    info = METHOD_INFO["seg-grad-cam"]
-    method = register_method(_PerturbationMethod(key="test-perturbation-cam", display_name="Perturbation CAM",
-                                                 short_title="Pert", style=info.style, citation="test",
-                                                 description="test", combine=lambda a, g: a.sum(dim=1)))
-    try:
-        with pytest.raises(ValueError, match="test-perturbation-cam needs many forward passes"):
-            SliceExplainer(loaded.model, image, KIDNEY, methods=("seg-hires-grad-cam", method.key))
-    finally:
-        unregister_method(method.key)
-    for key, registered in METHODS.items():  # the registry's own perturbation methods, where registered
-        if getattr(registered, "cost", "gradient") == "perturbation":
-            with pytest.raises(ValueError, match=f"{key} needs many forward passes"):
-                SliceExplainer(loaded.model, image, KIDNEY, methods=(key,))
+    perturbation = [key for key, method in METHODS.items() if method.cost == "perturbation"]
+    assert perturbation  # Seg-Ablation CAM, Seg-Score CAM
+    for key in perturbation:
+        with pytest.raises(ValueError, match=f"{key} needs many forward passes per map"):
+            SliceExplainer(loaded.model, image, KIDNEY, methods=("seg-hires-grad-cam", key))
+
+
+def test_methods_with_their_own_passes_match_the_engine_too(case):
+    """CAM's head lookup, FullGrad and LIFT-CAM run their extra passes per click, from the kept A and G."""
+    loaded, image = case
+    methods = [key for key, method in METHODS.items() if method.cost == "forward"]
+    assert {"seg-cam", "seg-fullgrad", "seg-lift-cam"} <= set(methods)
+    explainer = SliceExplainer(loaded.model, image, KIDNEY, layers=("dec1",), methods=methods, normalize="none",
+                               pad_to_multiple=loaded.card.size_multiple)
+    for radius in (0, 4):
+        result = explainer.explain_pixel(45, 61, radius=radius)
+        maps = explain_slices(loaded.model, image[None], torch.from_numpy(result.mask)[None], KIDNEY, layers=("dec1",),
+                              methods=methods, pad_to_multiple=loaded.card.size_multiple)
+        for key, values in maps.items():
+            expected = values[0].numpy()
+            np.testing.assert_allclose(result[key], expected, rtol=1e-5, atol=1e-5 * max(expected.max(), 1e-12),
+                                       err_msg=str(key))
+        assert sum(values.max() > 0 for values in maps.values()) >= 2
+    assert explainer.forward_passes == 1
 
 
 def test_model_and_image_are_left_as_found():

@@ -209,6 +209,9 @@ def test_bad_settings_and_models_are_refused_clearly(case, tmp_path):
         click.configure(normalize="max")
     with pytest.raises(ValueError, match="unknown device"):
         click.configure(device="gpu7")
+    with pytest.raises(ValueError, match="seg-score-cam needs many forward passes"):
+        click.configure(methods=("seg-hires-grad-cam", "seg-score-cam"))
+    assert click.methods == ("seg-hires-grad-cam", "seg-grad-cam")
     assert click.normalize == "volume"  # a refused change changes nothing
     import monai_bundles
 

@@ -25,7 +25,7 @@ import slicer
 import torch
 
 from seghirescam.cam.engine import DEFAULT_METHODS, MapKey
-from seghirescam.cam.interactive import SliceExplainer, SliceExplanation, gradient_methods
+from seghirescam.cam.interactive import SliceExplainer, SliceExplanation, click_methods
 from seghirescam.cam.method_info import display_name
 from seghirescam.cam.normalization import check_normalize
 from seghirescam.cam.runtime import resolve_device
@@ -84,7 +84,7 @@ class ClickExplainLogic:
             card, or a factory network).
         targetClass: Class index or name (e.g. "kidney").
         layers: Layer name(s); None: the model's ``default_layer``.
-        methods: Gradient method keys (``cam.interactive.gradient_methods``).
+        methods: Method keys, perturbation methods excepted (``cam.interactive.click_methods``).
         normalize: A key of ``cam.vocabulary.NORMALIZATIONS`` (on one slice "volume" = "slice").
         mode: A key of ``cam.vocabulary.CLICK_MODES``: "pixel", "disc" or "component".
         radius: Disc radius in pixels for mode "disc".
@@ -152,7 +152,7 @@ class ClickExplainLogic:
                                  f"{model.name} has: {', '.join(model.layers)}")
             values["layers"] = tuple(layers)
         if "methods" in settings:
-            values["methods"] = tuple(method.key for method in gradient_methods(settings["methods"]))
+            values["methods"] = tuple(method.key for method in click_methods(settings["methods"]))
         check_normalize(values["normalize"])
         resolve_device(values["device"])  # an unknown or missing device fails now, not at the click
         if values["mode"] not in CLICK_MODES:
