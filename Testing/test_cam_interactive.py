@@ -6,8 +6,6 @@ exercised); maps compared with ``explain_slices`` for the same M. Arrays: image 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import pytest
 import torch
@@ -17,8 +15,7 @@ from scipy import ndimage
 from seghirescam.cam.engine import explain_slices
 from seghirescam.cam.inference import predict_slices
 from seghirescam.cam.interactive import SliceExplainer
-from seghirescam.cam.method_info import METHOD_INFO
-from seghirescam.cam.methods import METHODS, CAMMethod, register_method, unregister_method
+from seghirescam.cam.methods import METHODS
 from seghirescam.models.loading import load_default_model
 from seghirescam.synthetic.phantom import make_phantom
 
@@ -146,24 +143,32 @@ def test_bad_settings_fail_at_construction(case):
         SliceExplainer(loaded.model, torch.full_like(image, float("nan")), KIDNEY)
 
 
-@dataclass(frozen=True, kw_only=True)
-class _PerturbationMethod(CAMMethod):
-    """A method that needs forward passes of its own per map (as Score-CAM-like methods do)."""
-
-    perturbation: bool = True
-
-
 def test_perturbation_methods_are_refused_with_a_reason(case):
     loaded, image = case
-    info = METHOD_INFO["seg-grad-cam"]
-    method = register_method(_PerturbationMethod(key="test-perturbation-cam", display_name="Perturbation CAM",
-                                                 short_title="Pert", style=info.style, citation="test",
-                                                 description="test", combine=lambda a, g: a.sum(dim=1)))
-    try:
-        with pytest.raises(ValueError, match="test-perturbation-cam needs many forward passes"):
-            SliceExplainer(loaded.model, image, KIDNEY, methods=("seg-hires-grad-cam", method.key))
-    finally:
-        unregister_method(method.key)
+    perturbation = [key for key, method in METHODS.items() if method.cost == "perturbation"]
+    assert perturbation  # Seg-Ablation CAM, Seg-Score CAM
+    for key in perturbation:
+        with pytest.raises(ValueError, match=f"{key} needs many forward passes per map"):
+            SliceExplainer(loaded.model, image, KIDNEY, methods=("seg-hires-grad-cam", key))
+
+
+def test_methods_with_their_own_passes_match_the_engine_too(case):
+    """CAM's head lookup, FullGrad and LIFT-CAM run their extra passes per click, from the kept A and G."""
+    loaded, image = case
+    methods = [key for key, method in METHODS.items() if method.cost == "forward"]
+    assert {"seg-cam", "seg-fullgrad", "seg-lift-cam"} <= set(methods)
+    explainer = SliceExplainer(loaded.model, image, KIDNEY, layers=("dec1",), methods=methods, normalize="none",
+                               pad_to_multiple=loaded.card.size_multiple)
+    for radius in (0, 4):
+        result = explainer.explain_pixel(45, 61, radius=radius)
+        maps = explain_slices(loaded.model, image[None], torch.from_numpy(result.mask)[None], KIDNEY, layers=("dec1",),
+                              methods=methods, pad_to_multiple=loaded.card.size_multiple)
+        for key, values in maps.items():
+            expected = values[0].numpy()
+            np.testing.assert_allclose(result[key], expected, rtol=1e-5, atol=1e-5 * max(expected.max(), 1e-12),
+                                       err_msg=str(key))
+        assert sum(values.max() > 0 for values in maps.values()) >= 2
+    assert explainer.forward_passes == 1
 
 
 def test_model_and_image_are_left_as_found():
@@ -185,3 +190,24 @@ def test_model_and_image_are_left_as_found():
     assert not explainer.ready
     explainer.explain_pixel(1, 1)
     assert explainer.forward_passes == 2
+
+
+def test_the_readme_click_example_runs_as_written(real_ct_dir):
+    """README's "Click to explain" block, run as written on the real CT: one forward, the engine's maps."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"### Click to explain.*?```python\n(.*?)```", text, re.S).group(1)
+    assert 'data = Path("../shared/data/ct-abdomen-totalseg")' in block
+    namespace: dict = {}
+    exec(block.replace('Path("../shared/data/ct-abdomen-totalseg")', f"Path({str(real_ct_dir)!r})"), namespace)
+    explainer, kidney = namespace["explainer"], namespace["kidney"]
+    assert explainer.forward_passes == 1 and kidney.mask.sum() > 100
+    assert kidney.mask[60, 38] and explainer.prediction[kidney.mask].tolist() == [KIDNEY] * int(kidney.mask.sum())
+    reference = explain_slices(explainer.model, explainer.image[None], torch.from_numpy(kidney.mask)[None], KIDNEY,
+                               layers=("bottleneck",), pad_to_multiple=explainer.multiple)
+    for key, values in reference.items():
+        expected = values[0].numpy()
+        np.testing.assert_allclose(kidney[key] * kidney.scales[key], expected, rtol=1e-5, atol=1e-5 * expected.max())
+    assert namespace["hires"].max() == pytest.approx(1.0)

@@ -86,7 +86,11 @@ def test_the_clicked_voxel_is_m_and_the_maps_equal_the_pipeline(case):
     click = ClickExplainLogic(case.scene, case.ct_node, case.model, "kidney", layers=LAYERS, methods=METHODS,
                               mode="pixel", device="cpu")
     voxel = (40, 33, 6)  # (k, j, i); the axial axis is i
-    nodes = click.explainAtRAS(_world(case, voxel))
+    ids, ct_before = node_ids(case.scene), node_checksum(case.ct_node)
+    record = click.computeAtRAS(_world(case, voxel))  # what a worker thread may run: the scene is not touched
+    assert node_ids(case.scene) == ids and record is click.lastClick
+    nodes = click.showClick(record)
+    assert node_checksum(case.ct_node) == ct_before and len(node_ids(case.scene) - ids) >= len(nodes)
     assert click.lastClick.voxel == voxel and click.lastClick.sliceIndex == 6 and click.lastClick.axis == 2
     assert click.lastClick.explanation.mask.sum() == 1
     mask = pixel_set_from_points(case.ct.shape, [voxel], radius=0, axis=2)
@@ -203,6 +207,11 @@ def test_bad_settings_and_models_are_refused_clearly(case, tmp_path):
         click.configure(colour="red")
     with pytest.raises(ValueError, match="normalize must be one of"):
         click.configure(normalize="max")
+    with pytest.raises(ValueError, match="unknown device"):
+        click.configure(device="gpu7")
+    with pytest.raises(ValueError, match="seg-score-cam needs many forward passes"):
+        click.configure(methods=("seg-hires-grad-cam", "seg-score-cam"))
+    assert click.methods == ("seg-hires-grad-cam", "seg-grad-cam")
     assert click.normalize == "volume"  # a refused change changes nothing
     import monai_bundles
 

@@ -9,9 +9,9 @@ requested layer, ReLU'd, upsampled and cropped exactly as ``explain_slices`` doe
 ``explain_slices(model, image[None], M[None], c)`` for the same M.
 
 Arrays crossing this boundary: image (C, H, W) tensor (model input, already preprocessed); M,
-prediction and maps (H, W) numpy, row i, column j. Only gradient methods (a formula of A and G)
-can be explained this way: a method that needs further forward passes per map (perturbation
-methods) is refused.
+prediction and maps (H, W) numpy, row i, column j. Gradient methods (a formula of A and G) cost
+nothing beyond the backward; methods with a few passes of their own (CAM, FullGrad, LIFT-CAM) add
+them to each click; perturbation methods (one forward per channel of the layer) are refused.
 
 Example:
     >>> from seghirescam.models.loading import load_default_model
@@ -45,7 +45,7 @@ from seghirescam.cam.runtime import model_on_device, resolve_device
 from seghirescam.cam.validation import check_target_class
 from seghirescam.cam.vocabulary import DEFAULT_NORMALIZATION
 
-__all__ = ["SliceExplainer", "SliceExplanation", "gradient_methods"]
+__all__ = ["SliceExplainer", "SliceExplanation", "click_methods"]
 
 
 @dataclass
@@ -84,8 +84,13 @@ class SliceExplanation:
         return list(self.maps)
 
 
-def gradient_methods(methods: Sequence[str | CAMMethod] | str | CAMMethod) -> list[CAMMethod]:
-    """The registry's methods, refusing any that is not a formula of one backward's (A, G).
+def click_methods(methods: Sequence[str | CAMMethod] | str | CAMMethod) -> list[CAMMethod]:
+    """The registry's methods that a click can afford, refusing perturbation methods.
+
+    Gradient methods (a formula of A and G) come from the click's one backward; methods with a few
+    passes of their own (registry cost "forward": CAM's head lookup, FullGrad, LIFT-CAM) add those
+    passes to the click; perturbation methods (cost "perturbation": one forward per channel of the
+    layer) are refused.
 
     Args:
         methods: Method keys and/or ``CAMMethod`` objects (a single one is accepted too).
@@ -94,17 +99,14 @@ def gradient_methods(methods: Sequence[str | CAMMethod] | str | CAMMethod) -> li
         The methods, one per key.
 
     Raises:
-        ValueError: For an unknown key, or a method that needs forward passes of its own per map
-            (a perturbation method): those cost many forwards, so a click cannot be answered at once.
+        ValueError: For an unknown key or a perturbation method (the message says what to run instead).
     """
     resolved = resolve_methods((methods,) if isinstance(methods, (str, CAMMethod)) else methods)
-    refused = [method.key for method in resolved
-               if not callable(getattr(method, "combine", None)) or getattr(method, "perturbation", False)
-               or getattr(method, "needs_forward_passes", False)]
-    if refused:
-        raise ValueError(f"click-to-explain runs one backward per click, so it explains gradient methods only; "
-                         f"{', '.join(refused)} needs many forward passes per map: run it on the whole pixel set "
-                         "instead (explain_slices / explain_volume, or Apply in Slicer)")
+    perturbation = [method.key for method in resolved if getattr(method, "cost", None) == "perturbation"]
+    if perturbation:
+        raise ValueError(f"click to explain answers each click with one backward pass; {', '.join(perturbation)} "
+                         "needs many forward passes per map (one per channel of the layer): run it on the whole "
+                         "pixel set instead (explain_slices / explain_volume, or Apply in Slicer)")
     return resolved
 
 
@@ -119,7 +121,7 @@ class SliceExplainer:
         image: The preprocessed model input of one slice, (C, H, W) tensor (or array), finite.
         target_class: Class c; y_M = sum over M of its logits.
         layers: Names from ``model.named_modules()``; None: ``default_layers(explainable_layers(model))``.
-        methods: Gradient method keys or ``CAMMethod`` objects (see ``gradient_methods``).
+        methods: Method keys or ``CAMMethod`` objects, perturbation methods excepted (``click_methods``).
         device: None: the device the model's parameters live on; else "auto", "cpu", "cuda", ...
         pad_to_multiple: Pad H, W to this multiple (default: ``model.size_multiple`` or 1).
         normalize: A key of ``cam.vocabulary.NORMALIZATIONS``; on one slice "volume" and "slice" both
@@ -143,7 +145,7 @@ class SliceExplainer:
         if not torch.isfinite(image).all():
             raise ValueError("image holds NaN or Inf values")
         check_target_class(target_class, getattr(model, "num_classes", None))
-        self.methods = gradient_methods(methods)
+        self.methods = click_methods(methods)
         self.layers = tuple(default_layers(explainable_layers(model)) if layers is None else layers)
         resolve_layers(model, self.layers)  # a bad name fails now, not at the first click
         self.normalize = check_normalize(normalize)
@@ -161,6 +163,7 @@ class SliceExplainer:
         self.forward_passes = 0
         self._logits: torch.Tensor | None = None
         self._activations: dict[str, torch.Tensor] | None = None
+        self._prediction: np.ndarray | None = None
         self._padded: torch.Tensor | None = None  # the padded input (1, C, H', W'), for methods with a model pass
         self._padded_size: tuple[int, int] = (self.height, self.width)
 
@@ -188,13 +191,16 @@ class SliceExplainer:
 
     def release(self) -> None:
         """Free the kept graph and activations (the next click runs the forward pass again)."""
-        self._logits, self._activations, self._padded = None, None, None
+        self._logits, self._activations, self._padded, self._prediction = None, None, None, None
 
     @property
     def prediction(self) -> np.ndarray:
-        """The model's label of every pixel (argmax of the logits), (H, W) int64 numpy."""
+        """The model's label of every pixel (argmax of the logits), (H, W) int64 numpy (a read-only view)."""
         self.prepare()
-        return self._logits[0, :, :self.height, :self.width].detach().argmax(0).cpu().numpy()
+        if self._prediction is None:
+            self._prediction = self._logits[0, :, :self.height, :self.width].detach().argmax(0).cpu().numpy()
+            self._prediction.flags.writeable = False
+        return self._prediction
 
     # ---- clicks ------------------------------------------------------------------------------
     def explain_mask(self, m: np.ndarray | torch.Tensor) -> SliceExplanation:

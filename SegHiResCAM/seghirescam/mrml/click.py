@@ -25,9 +25,10 @@ import slicer
 import torch
 
 from seghirescam.cam.engine import DEFAULT_METHODS, MapKey
-from seghirescam.cam.interactive import SliceExplainer, SliceExplanation, gradient_methods
+from seghirescam.cam.interactive import SliceExplainer, SliceExplanation, click_methods
 from seghirescam.cam.method_info import display_name
 from seghirescam.cam.normalization import check_normalize
+from seghirescam.cam.runtime import resolve_device
 from seghirescam.cam.vocabulary import CLICK_MODES, DEFAULT_CLICK_MODE, DEFAULT_NORMALIZATION, DEFAULT_POINT_RADIUS
 from seghirescam.imaging.geometry import Geometry
 from seghirescam.imaging.volumes import SliceOrientation
@@ -55,7 +56,10 @@ class ClickRecord:
         pixel: The voxel in the model's slice, (row, column).
         explanation: The maps of the slice (r, c), M, y_M, scales.
         ranForward: Whether this click ran a forward pass (a new slice or new settings).
-        seconds: Wall time of the click, nodes included.
+        seconds: Wall time of the click (the nodes' update included once ``showClick`` ran).
+        orientation: The CT's ``SliceOrientation`` (k, j, i) <-> the model's slices (s, r, c).
+        slicePosition: The slice's index s in the model's order.
+        shape: The CT's (k, j, i) shape.
     """
 
     voxel: tuple[int, int, int]
@@ -65,6 +69,9 @@ class ClickRecord:
     explanation: SliceExplanation
     ranForward: bool
     seconds: float
+    orientation: SliceOrientation
+    slicePosition: int
+    shape: tuple[int, int, int]
 
 
 class ClickExplainLogic:
@@ -77,7 +84,7 @@ class ClickExplainLogic:
             card, or a factory network).
         targetClass: Class index or name (e.g. "kidney").
         layers: Layer name(s); None: the model's ``default_layer``.
-        methods: Gradient method keys (``cam.interactive.gradient_methods``).
+        methods: Method keys, perturbation methods excepted (``cam.interactive.click_methods``).
         normalize: A key of ``cam.vocabulary.NORMALIZATIONS`` (on one slice "volume" = "slice").
         mode: A key of ``cam.vocabulary.CLICK_MODES``: "pixel", "disc" or "component".
         radius: Disc radius in pixels for mode "disc".
@@ -145,8 +152,9 @@ class ClickExplainLogic:
                                  f"{model.name} has: {', '.join(model.layers)}")
             values["layers"] = tuple(layers)
         if "methods" in settings:
-            values["methods"] = tuple(method.key for method in gradient_methods(settings["methods"]))
+            values["methods"] = tuple(method.key for method in click_methods(settings["methods"]))
         check_normalize(values["normalize"])
+        resolve_device(values["device"])  # an unknown or missing device fails now, not at the click
         if values["mode"] not in CLICK_MODES:
             raise ValueError(f"click mode must be one of {', '.join(CLICK_MODES)}, got {values['mode']!r}")
         radius = values["radius"]
@@ -159,6 +167,8 @@ class ClickExplainLogic:
     def explainAtRAS(self, ras: Sequence[float]) -> dict[MapKey, slicer.vtkMRMLScalarVolumeNode]:
         """Explain M = the click (pixel, disc or predicted region) on the CT slice under a world RAS point.
 
+        ``computeAtRAS`` then ``showClick``; ``lastClick`` records what was explained.
+
         Args:
             ras: The clicked position, world RAS mm (as a slice view reports it).
 
@@ -168,6 +178,21 @@ class ClickExplainLogic:
         Raises:
             ValueError: If the point lies outside the CT, or (mode "component") the model does not
                 predict the target class at the clicked voxel. The scene is then unchanged.
+        """
+        return self.showClick(self.computeAtRAS(ras))
+
+    def computeAtRAS(self, ras: Sequence[float]) -> ClickRecord:
+        """The maps of a click, without touching the scene (the CT node is only read): the part a worker
+        thread may run while the CT is left alone; ``showClick`` then writes the nodes.
+
+        Args:
+            ras: The clicked position, world RAS mm.
+
+        Returns:
+            The record of the click (also kept as ``lastClick``).
+
+        Raises:
+            ValueError: As ``explainAtRAS``.
         """
         started = time.perf_counter()
         voxel = voxel_at_world(self.ctNode, ras)
@@ -187,13 +212,28 @@ class ClickExplainLogic:
             explanation = explainer.explain_component(row, column)
         else:
             explanation = explainer.explain_pixel(row, column, self.radius if self.mode == "disc" else 0)
-        nodes = self._writeNodes(explanation, orientation, s, shape, voxel)
         axis = orientation.permutation[0]
         self.lastClick = ClickRecord(voxel=voxel, sliceIndex=int(voxel[axis]), axis=axis, pixel=(row, column),
                                      explanation=explanation, ranForward=ranForward,
-                                     seconds=time.perf_counter() - started)
+                                     seconds=time.perf_counter() - started, orientation=orientation,
+                                     slicePosition=s, shape=shape)
+        return self.lastClick
+
+    def showClick(self, record: ClickRecord) -> dict[MapKey, slicer.vtkMRMLScalarVolumeNode]:
+        """Write a click's maps into the heatmap nodes (created on the CT's grid when missing) and show them.
+
+        Args:
+            record: From ``computeAtRAS`` on this logic's CT.
+
+        Returns:
+            ``{(method, layer): heatmap node}``; ``record.seconds`` then includes the writing.
+        """
+        started = time.perf_counter()
+        nodes = self._writeNodes(record.explanation, record.orientation, record.slicePosition, record.shape,
+                                 record.voxel)
         show_in_slice_views(self.scene, self.ctNode, next(iter(nodes.values())), opacity=0.5,
                             color_logic=self.colorLogic)
+        record.seconds += time.perf_counter() - started
         return nodes
 
     def heatmapNodes(self) -> dict[MapKey, slicer.vtkMRMLScalarVolumeNode]:
