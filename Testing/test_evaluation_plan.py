@@ -66,7 +66,7 @@ def test_the_evaluation_shows_refusals_as_na_and_subsamples_expensive_methods(pi
     target = _target(4)
     config = EvaluationConfig(layers=("bottleneck", "dec1"), methods=("seg-grad-cam", PICKY), slices_per_target=4,
                               steps=2, fills=("blur",), sanity_seeds=2, sanity_slices=2, expensive_slices=1,
-                              pixel_sets=("label",))
+                              pixel_sets=("label",), sanity_expensive=True)
     x = card.preprocess(torch.from_numpy(target.ct[:2]))
     plan = plan_methods(model, x, torch.from_numpy(target.reference[:2]), 1, layers=config.layers,
                         methods=config.methods, expensive_seconds=0.0)  # every method "expensive"

@@ -42,6 +42,8 @@ class EvaluationConfig:
         sanity_slices: Slices per target (seeded subsample) in the randomisation check.
         expensive_seconds: Methods slower than this per slice (probe) are run on a subsample.
         expensive_slices: Slices per target for those methods (seeded subsample).
+        sanity_expensive: Run the randomisation check for those methods too (one forward per channel per
+            stage and draw: about 30 s per slice on 2 cores; off by default, the report says so).
         curves_at_collapsed: Also draw curves at layers whose maps collapse to the logit map.
         chunk: Slices per forward pass.
     """
@@ -64,6 +66,7 @@ class EvaluationConfig:
     sanity_slices: int = 2
     expensive_seconds: float = 0.2
     expensive_slices: int = 2
+    sanity_expensive: bool = False
     curves_at_collapsed: bool = False
     chunk: int = 64
 

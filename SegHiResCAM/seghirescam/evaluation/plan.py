@@ -129,5 +129,11 @@ def explain_planned(model: nn.Module, x: torch.Tensor, m: torch.Tensor, target_c
             by_layers[accepted].append(method)
     maps: dict[MapKey, torch.Tensor] = {}
     for accepted, group in by_layers.items():
-        maps.update(explain_slices(model, x, m, target_class, layers=accepted, methods=tuple(group)))
+        try:
+            maps.update(explain_slices(model, x, m, target_class, layers=accepted, methods=tuple(group)))
+        except RuntimeError:
+            # The engine upsamples a layer's maps together and cannot stack maps of different sizes (e.g.
+            # FullGrad's input-resolution map beside layer-resolution ones, main at 2959aae): one call each.
+            for method in group:
+                maps.update(explain_slices(model, x, m, target_class, layers=accepted, methods=(method,)))
     return maps

@@ -219,7 +219,9 @@ def _sanity(model, rows, result, cams, plan, slices_subset, expensive_subset, x,
     stages = randomisation_stages(model)
     wanted = sanity_stages(stages, plan.layers)
     keep = sorted({name for name in wanted.values() if name}, key=[n for n, _ in stages].index)
-    subsets = {"cheap": (slices_subset, plan.cheap()), "expensive": (expensive_subset, plan.expensive)}
+    subsets = {"cheap": (slices_subset, plan.cheap())}
+    if config.sanity_expensive:
+        subsets["expensive"] = (expensive_subset, plan.expensive)
     values: dict[tuple[str, str], dict[str, list[np.ndarray]]] = {}
     indices_of: dict[tuple[str, str], np.ndarray] = {}
     for draw in range(config.sanity_seeds):
@@ -345,7 +347,8 @@ def evaluate_target(model: nn.Module, card: ModelCard, target: EvalTarget, confi
     _faithfulness(inference_copy(model), target, rows, result, maps, rankings, x, m, c, config, fills, stage)
     _close(stage)
     if config.sanity and source == config.pixel_sets[0]:
-        stage = bar(f"{target.name} [{source}] randomisation", config.sanity_seeds * (1 + bool(plan.expensive)))
+        stage = bar(f"{target.name} [{source}] randomisation",
+                    config.sanity_seeds * (1 + bool(plan.expensive and config.sanity_expensive)))
         _sanity(model, rows, result, cams, plan, sanity_subset, expensive_subset, x, m_t, c, config, stage)
         _close(stage)
     if head_bias(model) is not None:
@@ -355,9 +358,14 @@ def evaluate_target(model: nn.Module, card: ModelCard, target: EvalTarget, confi
         for layer, present in by_layer.items():
             if not present:
                 continue
-            for key, errors in exactness_errors(model, x, m_t, c, layers=(layer,), methods=present).items():
-                for s, e in zip(slices, errors):
-                    rows.add(s, *key, "exactness_rel_error", e)
+            for method in present:
+                try:
+                    errors = exactness_errors(model, x, m_t, c, layers=(layer,), methods=(method,))
+                except ValueError:  # a method without a pre-ReLU map at layer resolution has no exactness
+                    continue
+                for key, values in errors.items():
+                    for s, e in zip(slices, values):
+                        rows.add(s, *key, "exactness_rel_error", e)
     return result
 
 
