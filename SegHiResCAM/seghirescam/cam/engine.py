@@ -96,6 +96,9 @@ def gradient_maps(logits: torch.Tensor, activations: dict[str, torch.Tensor], we
         ValueError: If c is out of range, or a method that runs the network again gets no model.
     """
     check_target_class(target_class, logits.shape[1])
+    needing = [method.key for method in methods if method.model_pass is not None]
+    if needing and (model is None or x is None):
+        raise ValueError(f"{', '.join(needing)} run the network again: pass the model and its input")
     with torch.enable_grad():
         scores = target_scores(logits, weights, target_class)
         score = scores.sum()
@@ -150,11 +153,12 @@ def upsample_maps(maps: dict[MapKey, torch.Tensor], padded_size: tuple[int, int]
         height, width: The slices' own (H, W).
 
     Returns:
-        ``{(method, layer): (B, H, W)}``; one interpolation per layer (its maps stacked).
+        ``{(method, layer): (B, H, W)}``; one interpolation per layer and resolution (its maps stacked;
+        FullGrad's maps are at the input's resolution).
     """
     upsampled: dict[MapKey, torch.Tensor] = {}
-    for layer in dict.fromkeys(layer for _, layer in maps):  # one interpolation per layer (its own resolution)
-        keys = [key for key in maps if key[1] == layer]
+    for layer, shape in dict.fromkeys((layer, tuple(value.shape)) for (_, layer), value in maps.items()):
+        keys = [key for key, value in maps.items() if key[1] == layer and tuple(value.shape) == shape]
         stacked = torch.stack([maps[key] for key in keys], dim=1)  # (B, n_methods, h, w)
         stacked = F.interpolate(stacked.clamp_min(0), size=tuple(padded_size), mode="bilinear", align_corners=False)
         upsampled.update({key: stacked[:, index, :height, :width] for index, key in enumerate(keys)})
@@ -285,8 +289,9 @@ def explain_volume(model: nn.Module, volume: np.ndarray, mask: np.ndarray, targe
             ("bottleneck" if the model has it).
         methods: Method names or ``CAMMethod`` objects.
         axis: The slicing axis of ``volume`` (0, 1, 2 or negative).
-        batch_size: Slices per batch, or "auto" (fits a quarter of free memory). On CUDA
-            out-of-memory the batch is halved and retried, with a warning.
+        batch_size: Slices per batch, or "auto" (fits a quarter of free memory; 1 with a perturbation
+            method, whose own forwards are batched over channels). On CUDA out-of-memory the batch is
+            halved and retried, with a warning.
         device: "auto" (CUDA, else MPS, else CPU), "cpu", "cuda", "cuda:N", "mps".
         normalize: "volume" (divide each map by its volume max), "slice" (each slice by its
             own max) or "none". Division happens only where the max is > 0.
@@ -334,7 +339,8 @@ def explain_volume(model: nn.Module, volume: np.ndarray, mask: np.ndarray, targe
         return x, torch.from_numpy(masks[indices]).to(torch_device)
 
     with evaluation_mode(work_model):
-        if batch_size == "auto":
+        auto = batch_size == "auto"
+        if auto:
             example = pad_slices(prepared(todo[:1])[0], multiple)[0]
             batch_size = auto_batch_size(work_model, example, len(todo))
             if torch_device.type == "cpu":
@@ -343,6 +349,8 @@ def explain_volume(model: nn.Module, volume: np.ndarray, mask: np.ndarray, targe
             raise ValueError(f"batch_size must be a positive int or 'auto', got {batch_size!r}")
         if any(method.cost == "perturbation" for method in method_list):  # printed by the CLI before they start
             log_cost_estimate(work_model, pad_slices(prepared(todo[:1])[0], multiple)[0], layers, method_list, len(todo))
+            if auto:  # their forwards are batched over channels; one slice per step keeps progress fine-grained
+                batch_size = 1
         done = 0
         while done < len(todo):
             if cancel is not None and cancel():
