@@ -29,6 +29,7 @@ def _metrics(out) -> set[tuple[str, str]]:
         return {(row["method"], row["metric"]) for row in csv.DictReader(handle)}
 
 
+@pytest.mark.slow  # about 100 s on 2 shared cores: every perturbed CT runs through the bundle's transforms
 def test_a_monai_bundle_is_evaluated_on_the_phantoms(tmp_path):
     bundle = mb.make_bundle(tmp_path / "bundle", "2d")
     record = _evaluate(["--model", str(bundle)], tmp_path / "eval")
