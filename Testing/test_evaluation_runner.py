@@ -190,7 +190,8 @@ def test_an_evaluation_is_reproducible():
     first = evaluate_target(LinearModel(), LINEAR_CARD, _linear_target(ct), config)
     second = evaluate_target(LinearModel(), LINEAR_CARD, _linear_target(ct), config)
     assert first.rows == second.rows
-    assert {"deletion_auc_blur", "insertion_auc_mean", "spearman_all"} <= {r["metric"] for r in first.rows}
+    assert {"deletion_auc_blur", "insertion_auc_mean", "deletion_auc_road", "abs_rho_all",
+            "abs_rho_all_spread"} <= {r["metric"] for r in first.rows}
     m_rows = [r for r in first.rows if r["method"] == "M" and r["metric"] in ("pointing", "mass_in_m")]
     assert m_rows and all(r["value"] == 1.0 for r in m_rows)
 
@@ -210,14 +211,25 @@ def test_the_evaluate_command_writes_tables_plots_and_the_command(tmp_path, caps
     assert "evaluation.md" in capsys.readouterr().out
     record = json.loads((out / "run.json").read_text(encoding="utf-8"))
     assert record["collapsed_layers"] == ["dec1"]
+    first = {name: (out / name).read_bytes() for name in ("per_slice.csv", "summary.csv", "verdicts.csv")}
+    assert main(argv) == 0  # the second run reads the cache and reproduces the tables exactly
+    assert {name: (out / name).read_bytes() for name in first} == first
+    assert len(list((out / "cache").glob("*.json"))) == 4  # 2 targets x 2 sources of M
     assert record["command"].startswith("seghirescam evaluate --out") and "--steps 2" in record["command"]
     report = (out / "evaluation.md").read_text(encoding="utf-8")
     assert record["command"] in report and "dec1 ⚠ collapsed" in report and "not counted (collapsed)" in report
     with (out / "summary.csv").open(encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
-    assert {r["group"] for r in rows} == {"tumor (phantoms)", "kidney (phantoms)"}
-    assert {"mass_in_m", "pointing", "exactness_rel_error"} <= {r["metric"] for r in rows}
-    assert all("y0_le_0" in counts for counts in record["counts"].values()) and "Left out of deletion" in report
-    for name in ("curves_bottleneck.png", "curves_dec1.png", "per_slice.csv", "comparisons.csv"):
+    groups = {r["group"] for r in rows}
+    assert {"tumor (phantoms)", "kidney (phantoms)"} <= groups
+    assert groups <= {"tumor (phantoms)", "kidney (phantoms)", "tumor (phantoms), M = model prediction",
+                      "kidney (phantoms), M = model prediction"}  # M = prediction: where the random model predicts
+    assert {"phantom-7001/tumor [prediction]", "phantom-7001/kidney [prediction]"} <= set(record["counts"])
+    assert {"mass_in_m", "pointing", "exactness_rel_error", "bound_area", "mass_in_bound"} <= {r["metric"] for r in rows}
+    assert "Left out of deletion" in report and "ref: centre disc" in report and "beats the disc?" in report
+    assert all("ci_low" in r and float(r["ci_low"]) <= float(r["mean"]) <= float(r["ci_high"]) for r in rows
+               if r["n"] != "0")
+    assert not (out / "curves_dec1.png").exists()  # a collapsed layer's curves are not measured
+    for name in ("curves_bottleneck.png", "per_slice.csv", "comparisons.csv", "verdicts.csv"):
         assert (out / name).stat().st_size > 0
     assert main(["evaluate", "--out", str(out), "--model", str(tmp_path / "missing.safetensors")]) == 2

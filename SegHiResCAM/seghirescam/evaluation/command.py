@@ -1,9 +1,11 @@
 """The work of ``seghirescam evaluate``: build the targets, run the evaluation, write tables, plots and run.json.
 
-Writes per_slice.csv, summary.csv, comparisons.csv, evaluation.md, curves_<layer>.png, curves.npz
-and run.json into the output folder, each atomically.
+A model with a card that is explained slice by slice (the shipped U-Net, model files, factory
+models) gets the full evaluation (``runner``). Models that prepare their own input (nnU-Net results
+folders, MONAI bundles) are evaluated through the explainable-model interface on the same cases
+(``model_level``). Writes per_slice.csv, summary.csv, verdicts.csv, comparisons.csv, evaluation.md,
+curves_<layer>.png, curves.npz, sanity.png and run.json into the output folder, each atomically.
 """
-
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import argparse
 import platform
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -19,16 +21,16 @@ import torch
 
 from seghirescam.atomic import atomic_path, write_json_atomic, write_text_atomic
 from seghirescam.cam.method_info import display_name
-from seghirescam.evaluation.runner import EvaluationConfig, TargetResult, run_evaluation
-from seghirescam.evaluation.cases import (PHANTOM_SEEDS, PHANTOM_SHAPE, PHANTOM_SPACING, REAL_CT_SLAB, EvalTarget,
-                               phantom_targets, real_ct_targets)
-from seghirescam.evaluation.plots import plot_curves, plot_sanity
-from seghirescam.evaluation.report import compare, markdown_report, summarise, write_csv
+from seghirescam.evaluation.cases import EvalTarget, phantom_targets, real_ct_targets, usable_real_ct_slab
+from seghirescam.evaluation.config import PHANTOM_SEEDS, PHANTOM_SHAPE, PHANTOM_SPACING, EvaluationConfig, quick_config
 from seghirescam.evaluation.faithfulness import uniform_fractions
-from seghirescam.models.loading import default_model_path, load_default_model, load_model
-from seghirescam.evaluation.sanity import randomisation_stages
+from seghirescam.evaluation.plan import MethodPlan
+from seghirescam.evaluation.plots import plot_curves, plot_sanity
+from seghirescam.evaluation.report import compare, markdown_report, summarise, verdicts, write_csv
+from seghirescam.evaluation.runner import TargetResult, run_evaluation, tqdm_bar
+from seghirescam.evaluation.sanity import randomisation_stages, sanity_stages
 
-__all__ = ["run_evaluate", "write_evaluation"]
+__all__ = ["run_evaluate", "write_evaluation", "check_arguments", "config_from_args"]
 
 
 def _joined(names: Iterable[str]) -> str:
@@ -37,111 +39,174 @@ def _joined(names: Iterable[str]) -> str:
     return " and ".join(filter(None, (", ".join(names[:-1]), names[-1]))) if names else "no method"
 
 
-def _pooled(results: list[TargetResult], targets: list[EvalTarget]):
+def _pooled(done: list[tuple[EvalTarget, str, TargetResult]]):
     curves: dict[tuple, list[np.ndarray]] = defaultdict(list)
-    sanity: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for target, result in zip(targets, results):
+    sanity: dict[tuple, dict[str, list[np.ndarray]]] = defaultdict(lambda: defaultdict(list))
+    for _, _, result in done:
+        group = result.rows[0]["group"] if result.rows else None
         for key, stack in result.curves.items():
-            curves[(target.group, *key)].append(stack)
+            curves[(group, *key)].append(stack)
         for key, per_stage in result.sanity.items():
             for stage, values in per_stage.items():
-                sanity[key][stage].extend(values.tolist())
-    return {k: np.concatenate(v) for k, v in curves.items()}, sanity
+                sanity[(*key, "support")][stage].append(np.asarray(values))
+    sanity_out = {key: {stage: np.concatenate(v, axis=-1) for stage, v in per_stage.items()}
+                  for key, per_stage in sanity.items()}
+    return {k: np.concatenate(v) for k, v in curves.items()}, sanity_out
 
 
-def write_evaluation(out: Path, results: list[TargetResult], targets: list[EvalTarget], config: EvaluationConfig, *,
-                     seconds: float, command: str, model_name: str, stages: list[str]) -> dict:
+def check_arguments(args: argparse.Namespace) -> None:
+    """Refuse bad settings before the model is loaded.
+
+    Raises:
+        FileNotFoundError: If the real CT is missing (unless --no-real-ct).
+        ValueError: For settings the evaluation refuses.
+    """
+    if not args.no_real_ct and not (args.data / "example_ct.nii.gz").is_file():
+        raise FileNotFoundError(f"the real CT is not in {args.data}; pass --data DIR or --no-real-ct")
+    if args.phantoms < 0 or args.slices < 1 or args.sanity_seeds < 1:
+        raise ValueError("--phantoms must be >= 0, --slices and --sanity-seeds >= 1")
+    if args.phantoms > 0 and args.phantoms > 50:
+        raise ValueError("--phantoms: at most 50")
+
+
+def config_from_args(args: argparse.Namespace, layers: tuple[str, ...]) -> EvaluationConfig:
+    """The settings the options ask for (``--quick`` shrinks them)."""
+    pixel_sets = ("label", "prediction") if args.pixel_set == "both" else (args.pixel_set,)
+    config = EvaluationConfig(layers=layers, methods=tuple(args.methods or EvaluationConfig().methods),
+                              phantoms=args.phantoms, slices_per_target=args.slices, steps=args.steps,
+                              blur_sigma=args.blur_sigma, dilation=args.dilation, pixel_sets=pixel_sets,
+                              seed=args.seed, sanity=not args.no_sanity, sanity_seeds=args.sanity_seeds)
+    return quick_config(config) if args.quick else config
+
+
+def _targets(args: argparse.Namespace, config: EvaluationConfig) -> list[EvalTarget]:
+    seeds = tuple(PHANTOM_SEEDS[0] + i for i in range(config.phantoms))
+    targets = phantom_targets(seeds, shape=PHANTOM_SHAPE, spacing=PHANTOM_SPACING)
+    if not args.no_real_ct:
+        targets += real_ct_targets(args.data)
+    if not targets:
+        raise ValueError("nothing to evaluate: --phantoms 0 with --no-real-ct")
+    return targets
+
+
+def write_evaluation(out: Path, done: list[tuple[EvalTarget, str, TargetResult]], config: EvaluationConfig,
+                     plan: MethodPlan, *, seconds: float, command: str, model_name: str, stages: list[str],
+                     notes: Iterable[str] = ()) -> dict:
     """Write the tables, plots and run record of an evaluation.
 
     Args:
         out: Output folder (created).
-        results, targets: From ``run_evaluation``, in the same order.
+        done: From ``run_evaluation``: (target, source of M, result).
         config: The settings used.
+        plan: The methods' probe (refusals, cost, subsampled methods).
         seconds: Runtime.
         command: The command that made the run.
         model_name: Shown in the report.
-        stages: The randomisation cascade's stage names.
+        stages: The randomisation stages read (head first).
+        notes: Extra header lines.
 
     Returns:
         The run record (also written as run.json).
     """
     out.mkdir(parents=True, exist_ok=True)
-    rows = [row for result in results for row in result.rows]
-    collapsed = sorted({layer for r in results for layer, flag in r.collapsed.items() if flag})
-    summary, comparisons = summarise(rows), compare(rows, collapsed)
-    counts = {t.name: r.counts for t, r in zip(targets, results)}
+    rows = [row for _, _, result in done for row in result.rows]
+    collapsed = sorted({layer for _, _, r in done for layer, flag in r.collapsed.items() if flag})
+    summary, comparisons = summarise(rows, config.seed), compare(rows, collapsed)
+    found = verdicts(rows)
+    counts = {t.name if source == config.pixel_sets[0] else f"{t.name} [{source}]": r.counts for t, source, r in done}
 
     def total(key: str) -> int:
         return sum(c.get(key, 0) for c in counts.values())
 
-    groups = list(dict.fromkeys(t.group for t in targets))
-    curves, sanity = _pooled(results, targets)
+    groups = list(dict.fromkeys(r.rows[0]["group"] for _, _, r in done if r.rows))
+    curves, sanity = _pooled(done)
     fractions = uniform_fractions(config.steps)
-    plots = [plot_curves(out / f"curves_{layer}.png", curves, fractions, layer, groups).name for layer in config.layers]
-    if config.sanity:
+    plots = [plot_curves(out / f"curves_{layer}.png", curves, fractions, layer, groups).name
+             for layer in config.layers if curves and (layer not in collapsed or config.curves_at_collapsed)]
+    if config.sanity and sanity:
         plots.append(plot_sanity(out / "sanity.png", sanity, stages, config.layers).name)
-    source = "reference label" if config.pixel_set == "label" else "model prediction"
+    real = usable_real_ct_slab()
+    expensive = ", ".join(display_name(m) for m in plan.expensive) or "none"
     header = [
         f"# Faithfulness of {_joined(display_name(method) for method in config.methods)}", "",
         (f"Made by `{command}` in {seconds / 60:.1f} min on {torch.get_num_threads()} CPU threads "
          f"(torch {torch.__version__}, Python {platform.python_version()})."), "",
-        (f"- Model: {model_name}. M: the {source} of the structure. "
-         f"Targets: {', '.join(t.name for t in targets)}."),
-        (f"- Per target the {config.slices_per_target} slices with the largest M: {total('slices')} slices in all. "
-         f"Curves over 0..100% of the slice's pixels in {config.steps} steps, ties broken at random (seed "
-         f"{config.seed}); fills: Gaussian blur (sigma {config.blur_sigma} px) and the slice's soft-tissue mean."),
-        (f"- Left out of deletion/insertion: {total('y0_le_0')} slices with y_0 <= 0; {total('span_le_0_blur')} "
-         f"(blur) and {total('span_le_0_mean')} (tissue mean) more whose fully filled score y_100% >= y_0."),
-        f"- Collapsed layers (maps = the logit map): {', '.join(collapsed) or 'none'}.",
-        f"- Cascading randomisation stages: {' > '.join(stages) if config.sanity else 'not run (--no-sanity)'}.",
+        f"- Model: {model_name}. M: {' and '.join(config.pixel_sets)} (prediction: the model's own segmentation of "
+        "the structure, the predicted components touching the label).",
+        f"- Targets: {', '.join(dict.fromkeys(t.name for t, _, _ in done))}; {total('slices')} (target, M) slices "
+        f"in all. Phantoms: the {config.slices_per_target} slices with the largest M per target. Real CT: every "
+        f"slice holding the kidney in axial slices {real[0]}..{real[1] - 1} (display order; the model trained on "
+        f"0..91, the 5 slices next to it are left out){'' if config.real_ct_slices is None else f', at most {config.real_ct_slices} per kidney'}.",
+        (f"- Curves over 0..100% of the slice's pixels in {config.steps} steps, ties broken at random (seed "
+         f"{config.seed}); fills: ROAD noisy linear imputation (MoRF = deletion, LeRF = insertion read backwards, "
+         f"same area), Gaussian blur (sigma {config.blur_sigma} px), the slice's soft-tissue mean; M = prediction: "
+         f"{', '.join(config.prediction_fills)} only."),
+        (f"- Left out of deletion/insertion: {total('y0_le_0')} slices with y_0 <= 0; "
+         + ", ".join(f"{total('span_le_0_' + f)} ({f})" for f in config.fills)
+         + " more whose fully filled score y_100% >= y_0. M = prediction empty on every slice for "
+         f"{total('empty_m')} target(s)."),
+        (f"- Expensive methods (probe > {config.expensive_seconds} s per slice): {expensive}; each is evaluated on a "
+         f"seeded subsample of {config.expensive_slices} slice(s) per target (their cells have a smaller n); "
+         f"randomisation {'on the same subsample' if config.sanity_expensive else 'not run for them (cost)'}."),
+        (f"- Randomisation: {config.sanity_seeds} independent re-initialisations per stage on {config.sanity_slices} "
+         f"slice(s) per target, read at {', '.join(stages)}." if config.sanity else "- Randomisation: not run."),
+        f"- Collapsed layers (maps = the logit map): {', '.join(collapsed) or 'none'}; their curves are "
+        f"{'drawn' if config.curves_at_collapsed else 'not measured'}.",
+        *[f"- {note}" for note in notes],
     ]
     text = markdown_report(summary, comparisons, collapsed=collapsed, header=header, dilation=config.dilation,
-                           plots=plots)
+                           plots=plots, found_verdicts=found, refused=plan.refused, cost=plan.seconds_per_slice)
     write_text_atomic(out / "evaluation.md", text)  # UTF-8 whatever the locale: the report holds ↓, ρ, ⚠
     write_csv(out / "per_slice.csv", rows)
     write_csv(out / "summary.csv", summary)
-    write_csv(out / "comparisons.csv", comparisons)
+    if found:
+        write_csv(out / "verdicts.csv", found)
+    if comparisons:
+        write_csv(out / "comparisons.csv", comparisons)
     with atomic_path(out / "curves.npz") as temporary:
-        np.savez_compressed(temporary, fractions=fractions, **{"|".join(k): v for k, v in curves.items()})
+        np.savez_compressed(temporary, fractions=fractions, **{"|".join(map(str, k)): v for k, v in curves.items()})
     record = {"command": command, "seconds": round(seconds, 1), "threads": torch.get_num_threads(),
               "torch": torch.__version__, "model": model_name, "config": asdict(config), "counts": counts,
-              "collapsed_layers": collapsed, "files": ["evaluation.md", "per_slice.csv", "summary.csv",
-                                                       "comparisons.csv", "curves.npz", *plots]}
+              "plan": plan.to_json(), "collapsed_layers": collapsed,
+              "files": ["evaluation.md", "per_slice.csv", "summary.csv", "verdicts.csv", "comparisons.csv",
+                        "curves.npz", *plots]}
     write_json_atomic(out / "run.json", record)
     return record
 
 
-def run_evaluate(args: argparse.Namespace, command: str) -> int:
-    """Run ``seghirescam evaluate``; prints where the report is.
+def run_evaluate(args: argparse.Namespace, command: str, model: object) -> int:
+    """Run ``seghirescam evaluate`` on a loaded model; prints where the report is.
+
+    Args:
+        args: The parsed options.
+        command: The command line that reproduces the run.
+        model: An explainable model (``models.explainable``), loaded and checked once.
 
     Raises:
-        FileNotFoundError: If the model (or the real CT, unless --no-real-ct) is missing.
-        ValueError: For settings the evaluation refuses.
+        ValueError: For settings the evaluation refuses or a model without the cases' classes.
     """
-    if args.model is None and not default_model_path().is_file():
-        raise FileNotFoundError(f"the default model is not at {default_model_path()}; train it with "
-                                f"`seghirescam train --out {default_model_path()}` or pass --model FILE")
-    if args.model is not None and args.model.is_dir():
-        raise ValueError(f"{args.model} is a model folder (nnU-Net, MONAI bundle): `seghirescam explain` and `batch` "
-                         "explain it, but `evaluate` measures slice-wise models with a card only, so far")
-    loaded = load_model(args.model) if args.model is not None else load_default_model()
-    if not args.no_real_ct and not (args.data / "example_ct.nii.gz").is_file():
-        raise FileNotFoundError(f"the real CT is not in {args.data}; pass --data DIR or --no-real-ct")
-    if args.phantoms < 0 or args.slices < 1:
-        raise ValueError("--phantoms must be >= 0 and --slices >= 1")
-    config = EvaluationConfig(layers=tuple(args.layers or EvaluationConfig().layers),
-                              methods=tuple(args.methods or EvaluationConfig().methods), slices_per_target=args.slices,
-                              steps=args.steps, blur_sigma=args.blur_sigma, dilation=args.dilation,
-                              pixel_set=args.pixel_set, seed=args.seed, sanity=not args.no_sanity)
-    seeds = tuple(PHANTOM_SEEDS[0] + i for i in range(args.phantoms))
-    targets = phantom_targets(seeds, shape=PHANTOM_SHAPE, spacing=PHANTOM_SPACING)
-    if not args.no_real_ct:
-        targets += real_ct_targets(args.data, REAL_CT_SLAB)
-    if not targets:
-        raise ValueError("nothing to evaluate: --phantoms 0 with --no-real-ct")
-    results, seconds = run_evaluation(loaded.model, loaded.card, targets, config)
-    stages = [name for name, _ in randomisation_stages(loaded.model)]
-    record = write_evaluation(args.out, results, targets, config, seconds=seconds, command=command,
-                              model_name=f"{loaded.card.name} ({loaded.path.name})", stages=stages)
+    if hasattr(model, "model") and hasattr(model, "card"):  # explained slice by slice on the card's slices
+        default_layers = EvaluationConfig().layers if set(EvaluationConfig().layers) <= set(model.layers) \
+            else (model.default_layer,)
+        config = config_from_args(args, tuple(args.layers or default_layers))
+        targets = _targets(args, config)
+        missing = {t.class_name for t in targets} - set(model.card.classes)
+        if missing:
+            targets = [t for t in targets if t.class_name not in missing]
+            if not targets:
+                raise ValueError(f"the model's classes {model.card.classes} hold none of the cases' structures")
+        cache = None if args.no_cache else (args.cache or args.out / "cache")
+        done, plan, seconds = run_evaluation(model.model, model.card, targets, config, cache=cache, bar=tqdm_bar)
+        stages = [s for s in dict.fromkeys(sanity_stages(randomisation_stages(model.model), config.layers).values())
+                  if s]
+        record = write_evaluation(args.out, done, config, plan, seconds=seconds, command=command,
+                                  model_name=model.name, stages=stages,
+                                  notes=[f"Not evaluated: the model has no class {c!r}." for c in sorted(missing)])
+    else:
+        from seghirescam.evaluation.model_level import run_model_level
+
+        config = config_from_args(args, tuple(args.layers or (model.default_layer,)))
+        config = replace(config, sanity=False)
+        record = run_model_level(args, command, model, config, _targets)
     print(f"report: {args.out / 'evaluation.md'} ({record['seconds'] / 60:.1f} min)")
     return 0

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from seghirescam.cam.method_info import method_keys
 
-__all__ = ["EvaluationConfig", "PHANTOM_SEEDS", "PHANTOM_SHAPE", "PHANTOM_SPACING", "REAL_CT_SLAB"]
+__all__ = ["EvaluationConfig", "quick_config", "PHANTOM_SEEDS", "PHANTOM_SHAPE", "PHANTOM_SPACING", "REAL_CT_SLAB",
+           "REAL_CT_TRAINING_GUARD", "FILLS", "PIXEL_SETS"]
 
-PHANTOM_SEEDS = (7001, 7002, 7003, 7004)  # disjoint from training (1000..1047) and validation (9001..9004)
+PHANTOM_SEEDS = tuple(range(7001, 7007))  # disjoint from training (1000..1047) and validation (9001..9004)
 PHANTOM_SHAPE = (40, 112, 112)
 PHANTOM_SPACING = (3.0, 3.0, 5.0)  # (i, j, k) mm
-REAL_CT_SLAB = (92, 112)  # the default model's held-out axial slab (train.HELD_OUT_SLAB), display order
+REAL_CT_SLAB = (92, 112)  # the default model's held-out axial slab (synthetic.train.HELD_OUT_SLAB), display order
+REAL_CT_TRAINING_GUARD = 5  # slices next to the training slab (0..91) left out: neighbours nearly repeat them
+FILLS = ("road", "blur", "mean")  # ROAD noisy linear imputation, Gaussian blur, soft-tissue mean
+PIXEL_SETS = ("label", "prediction")
 
 
 @dataclass(frozen=True)
@@ -21,26 +25,63 @@ class EvaluationConfig:
     Attributes:
         layers: What to explain.
         methods: Method keys; default: every registered method at the time the config is made.
-        slices_per_target: The slices with the largest M, per target.
+        phantoms: Phantoms with tumors (seeds 7001, 7002, ...), two targets each.
+        slices_per_target: Phantoms: the slices with the largest M per target.
+        real_ct_slices: Real CT: at most this many usable slices per kidney (None: every usable slice).
         steps: Curve steps: fractions 0, 1/steps, ..., 1 of the slice's pixels.
+        fills: Fills of the deletion/insertion curves for M = label ("road", "blur", "mean").
+        prediction_fills: Fills for M = the model's prediction.
         blur_sigma: Gaussian sigma (pixels) of the blurred fill.
         dilation: Radius (pixels) of "M dilated" for localisation.
         dice_zone: Radius (pixels) around M inside which predicted pixels count for the Dice.
-        pixel_set: "label" (M = reference label) or "prediction" (the model's own segmentation of
-            the structure: predicted components touching the label).
-        seed: Seeds tie-breaking, the random map and the randomised weights.
-        sanity: Run the cascading randomisation.
+        pixel_sets: M sources evaluated: "label" (reference label), "prediction" (the model's own
+            segmentation of the structure, as the paper does).
+        seed: Seeds tie-breaking, the random map, ROAD's noise, subsamples, the randomised weights
+            and the bootstrap.
+        sanity_seeds: Independent cascading randomisations (different weights) per stage.
+        sanity_slices: Slices per target (seeded subsample) in the randomisation check.
+        expensive_seconds: Methods slower than this per slice (probe) are run on a subsample.
+        expensive_slices: Slices per target for those methods (seeded subsample).
+        sanity_expensive: Run the randomisation check for those methods too (one forward per channel per
+            stage and draw: about 30 s per slice on 2 cores; off by default, the report says so).
+        curves_at_collapsed: Also draw curves at layers whose maps collapse to the logit map.
         chunk: Slices per forward pass.
     """
 
     layers: tuple[str, ...] = ("bottleneck", "dec2", "dec1")
     methods: tuple[str, ...] = field(default_factory=method_keys)
+    phantoms: int = len(PHANTOM_SEEDS)
     slices_per_target: int = 4
-    steps: int = 10
+    real_ct_slices: int | None = None
+    steps: int = 5
+    fills: tuple[str, ...] = FILLS
+    prediction_fills: tuple[str, ...] = ("road",)
     blur_sigma: float = 8.0
     dilation: int = 3
     dice_zone: int = 10
-    pixel_set: str = "label"
+    pixel_sets: tuple[str, ...] = PIXEL_SETS
     seed: int = 0
     sanity: bool = True
+    sanity_seeds: int = 3
+    sanity_slices: int = 2
+    expensive_seconds: float = 0.2
+    expensive_slices: int = 2
+    sanity_expensive: bool = False
+    curves_at_collapsed: bool = False
     chunk: int = 64
+
+    def fills_for(self, pixel_set: str) -> tuple[str, ...]:
+        """Returns: the fills used for M from ``pixel_set``."""
+        return self.fills if pixel_set == self.pixel_sets[0] else self.prediction_fills
+
+
+def quick_config(config: EvaluationConfig | None = None) -> EvaluationConfig:
+    """The ``--quick`` settings: fewer cases, slices and steps, the same measurements (about 3 min on 2 cores).
+
+    Args:
+        config: Settings to shrink (default ``EvaluationConfig()``); layers and methods are kept.
+    """
+    config = config if config is not None else EvaluationConfig()
+    return replace(config, phantoms=min(config.phantoms, 2), slices_per_target=min(config.slices_per_target, 2),
+                   real_ct_slices=2, steps=min(config.steps, 4), sanity_slices=1, expensive_slices=1,
+                   sanity_seeds=3)

@@ -16,7 +16,7 @@ Array orders crossing this boundary:
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,6 +32,8 @@ __all__ = ["inference_copy", "rank_positions", "blur_fill", "tissue_mean_fill", 
            "perturbation_curves", "normalize_curves", "curve_auc", "uniform_fractions"]
 
 MODES = ("deletion", "insertion")
+Imputer = Callable[[torch.Tensor, np.ndarray], torch.Tensor]
+"""(x (N, C, H, W), remove (N, H, W) bool) -> x with the removed pixels filled (e.g. ROAD, ``road.road_impute``)."""
 
 
 def uniform_fractions(steps: int) -> np.ndarray:
@@ -175,7 +177,7 @@ class Curves:
 
 
 def perturbation_curves(model: nn.Module, x: torch.Tensor, m: np.ndarray, zone: np.ndarray, target_class: int,
-                        positions: np.ndarray, fill: torch.Tensor, *, mode: str, fractions: Sequence[float],
+                        positions: np.ndarray, fill: torch.Tensor | Imputer, *, mode: str, fractions: Sequence[float],
                         chunk: int = 64) -> Curves:
     """Deletion or insertion curves of R rankings on B slices, one batched forward per fraction.
 
@@ -187,7 +189,9 @@ def perturbation_curves(model: nn.Module, x: torch.Tensor, m: np.ndarray, zone: 
         x: Input (B, C, H, W).
         m, zone: (B, H, W) bool, as for ``score_slices``.
         positions: (R, B, H, W) pixel ranks (``rank_positions``).
-        fill: (B, C, H, W) replacement values (``blur_fill``, ``tissue_mean_fill``).
+        fill: (B, C, H, W) replacement values (``blur_fill``, ``tissue_mean_fill``), or an ``Imputer`` that
+            fills the removed pixels from the kept ones (ROAD); insertion then removes the pixels not
+            yet inserted (ROAD's LeRF order read backwards: its area is the same).
         mode: "deletion" or "insertion".
         fractions: Increasing, from 0 to 1.
 
@@ -203,16 +207,21 @@ def perturbation_curves(model: nn.Module, x: torch.Tensor, m: np.ndarray, zone: 
     if fractions.ndim != 1 or fractions[0] != 0 or fractions[-1] != 1 or np.any(np.diff(fractions) <= 0):
         raise ValueError(f"fractions must increase from 0 to 1, got {fractions}")
     n_rank, batch = positions.shape[:2]
-    if positions.shape[1:] != (x.shape[0], *x.shape[2:]) or fill.shape != x.shape:
-        raise ValueError(f"shapes disagree: x {tuple(x.shape)}, fill {tuple(fill.shape)}, positions {positions.shape}")
+    imputer = fill if callable(fill) else None
+    if positions.shape[1:] != (x.shape[0], *x.shape[2:]) or (imputer is None and fill.shape != x.shape):
+        raise ValueError(f"shapes disagree: x {tuple(x.shape)}, fill {tuple(getattr(fill, 'shape', ()))}, "
+                         f"positions {positions.shape}")
     original, original_dice = score_slices(model, x, m, zone, target_class, chunk=chunk)
-    filled, filled_dice = score_slices(model, fill, m, zone, target_class, chunk=chunk)
+    everything = np.ones((x.shape[0], *x.shape[2:]), dtype=bool)
+    fully = imputer(x, everything) if imputer is not None else fill
+    filled, filled_dice = score_slices(model, fully, m, zone, target_class, chunk=chunk)
     score = np.empty((n_rank, batch, len(fractions)))
     dice = np.empty_like(score)
     pixels = int(np.prod(x.shape[2:]))
     first, last = ((original, original_dice), (filled, filled_dice))[:: 1 if mode == "deletion" else -1]
     m_rep, zone_rep = np.tile(m, (n_rank, 1, 1)), np.tile(zone, (n_rank, 1, 1))
-    x_rep, fill_rep = x.repeat(n_rank, 1, 1, 1), fill.repeat(n_rank, 1, 1, 1)
+    x_rep = x.repeat(n_rank, 1, 1, 1)
+    fill_rep = None if imputer is not None else fill.repeat(n_rank, 1, 1, 1)
     ranks = torch.from_numpy(positions.reshape(n_rank * batch, 1, *x.shape[2:])).to(x.device)
     for index, fraction in enumerate(fractions):
         k = round(fraction * pixels)
@@ -220,7 +229,11 @@ def perturbation_curves(model: nn.Module, x: torch.Tensor, m: np.ndarray, zone: 
             score[:, :, index], dice[:, :, index] = first if k == 0 else last
             continue
         top = ranks < k
-        perturbed = torch.where(top, fill_rep, x_rep) if mode == "deletion" else torch.where(top, x_rep, fill_rep)
+        if imputer is not None:
+            remove = top[:, 0] if mode == "deletion" else ~top[:, 0]
+            perturbed = imputer(x_rep, remove.cpu().numpy())
+        else:
+            perturbed = torch.where(top, fill_rep, x_rep) if mode == "deletion" else torch.where(top, x_rep, fill_rep)
         y, d = score_slices(model, perturbed, m_rep, zone_rep, target_class, chunk=chunk)
         score[:, :, index], dice[:, :, index] = y.reshape(n_rank, batch), d.reshape(n_rank, batch)
     return Curves(mode, fractions, score, dice, original, filled)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from seghirescam.cam.method_info import METHOD_INFO, PlotStyle, display_name, plot_style, short_title
 
-__all__ = ["Reference", "REFERENCE_LABELS", "BASELINE", "is_reference", "ordered_methods", "ordered_series",
+__all__ = ["Reference", "REFERENCE_LABELS", "BASELINE", "RF_BOUND", "DISC", "is_reference", "ordered_methods", "ordered_series",
            "legend_label", "table_label", "series_styles"]
 
 
@@ -36,9 +36,16 @@ class Reference:
 REFERENCE_LABELS: dict[str, Reference] = {
     "random": Reference("random map", "ref: random", PlotStyle("0.5", ":")),
     "M": Reference("M itself", "ref: M itself", PlotStyle("black", "--")),
-    "centre-distance": Reference("centre distance", "ref: centre distance", PlotStyle("tab:purple", "-.")),
+    "centre-distance": Reference("centre-distance disc", "ref: centre disc", PlotStyle("tab:purple", "-.")),
+    "rf-bound": Reference("receptive bound (uniform)", "ref: RF bound", PlotStyle("tab:olive", ":")),
 }
-"""The reference maps ``cases.reference_maps`` gives, in the order they are drawn and listed."""
+"""The reference maps: ``cases.reference_maps`` gives the first three (no layer); "rf-bound" is, per layer,
+the uniform map on the layer's receptive bound (``receptive.receptive_bounds``), the control for
+localisation wins that the architecture makes."""
+
+RF_BOUND = "rf-bound"
+DISC = "centre-distance"
+"""The control every method must beat: closeness to M's centre (model-free)."""
 
 BASELINE = "seg-hires-grad-cam"
 """The method every other CAM method is counted against, slice by slice."""

@@ -15,7 +15,10 @@ from seghirescam.evaluation.labels import is_reference, legend_label, ordered_me
 
 __all__ = ["plot_curves", "plot_sanity", "curves_figure", "sanity_figure", "legend_texts"]
 
-_PANELS = (("blur", "deletion"), ("blur", "insertion"), ("mean", "deletion"), ("mean", "insertion"))
+_PANELS = (("road", "deletion"), ("road", "insertion"), ("blur", "deletion"), ("blur", "insertion"),
+           ("mean", "deletion"), ("mean", "insertion"))
+_FILL_TITLES = {"road": "ROAD imputation", "blur": "blurred fill", "mean": "tissue-mean fill"}
+_MODE_TITLES = {("road", "deletion"): "MoRF", ("road", "insertion"): "LeRF (as insertion)"}
 _NO_LAYER = "-"  # the layer of a reference map (runner.NO_LAYER)
 
 
@@ -53,7 +56,8 @@ def plot_curves(path: str | os.PathLike, curves: dict[tuple[str, str, str, str, 
 
 def curves_figure(curves: dict[tuple[str, str, str, str, str], np.ndarray], fractions: np.ndarray, layer: str,
                   groups: Sequence[str], *, title: str = "") -> Figure:
-    """Mean normalized curves: one row per group, columns deletion/insertion x blur/tissue-mean fill.
+    """Mean normalized curves: one row per group, columns deletion/insertion x each fill measured (ROAD, blur,
+    tissue mean).
 
     Every CAM method found in ``curves`` is drawn (registered ones with their registered label and
     style), then the references.
@@ -70,10 +74,12 @@ def curves_figure(curves: dict[tuple[str, str, str, str, str], np.ndarray], frac
     """
     series = ordered_series(key[1] for key in curves)
     styles = series_styles(series)
-    fig = _new_figure((3.1 * len(_PANELS), 2.5 * len(groups) + 0.7))
-    axes = fig.subplots(len(groups), len(_PANELS), squeeze=False, sharex=True, sharey=True)
+    fills = {key[3] for key in curves}
+    panels = [panel for panel in _PANELS if panel[0] in fills] or list(_PANELS[:2])  # the fills measured
+    fig = _new_figure((3.1 * max(len(panels), 4), 2.5 * len(groups) + 0.9))
+    axes = fig.subplots(len(groups), len(panels), squeeze=False, sharex=True, sharey=True)
     for row, group in enumerate(groups):
-        for col, (fill, mode) in enumerate(_PANELS):
+        for col, (fill, mode) in enumerate(panels):
             ax = axes[row, col]
             for method in series:
                 reference = is_reference(method)
@@ -88,7 +94,7 @@ def curves_figure(curves: dict[tuple[str, str, str, str, str], np.ndarray], frac
             ax.set_ylim(-0.3, 1.3)
             ax.grid(alpha=0.3)
             if row == 0:
-                ax.set_title(f"{mode}, {'blurred' if fill == 'blur' else 'tissue-mean'} fill", fontsize=9)
+                ax.set_title(f"{_MODE_TITLES.get((fill, mode), mode)}, {_FILL_TITLES[fill]}", fontsize=9)
             if col == 0:
                 counts = [len(v) for k, v in curves.items() if k[0] == group and k[3:] == (fill, mode)]
                 ax.set_ylabel(f"{group}, n={max(counts, default=0)}", fontsize=8)
@@ -97,10 +103,10 @@ def curves_figure(curves: dict[tuple[str, str, str, str, str], np.ndarray], frac
     legend = {}
     for ax in axes.ravel():
         legend.update(zip(*reversed(ax.get_legend_handles_labels())))
-    fig.legend(list(legend.values()), list(legend), loc="lower center", ncol=6, fontsize=8, frameon=False)
+    fig.legend(list(legend.values()), list(legend), loc="lower center", ncol=8, fontsize=8, frameon=False)
     fig.suptitle(title or f"Deletion / insertion at {layer}: mean of (y_M - y_100%) / (y_0 - y_100%) over slices",
                  fontsize=10)
-    fig.tight_layout(rect=(0.02, 0.05, 1, 1))
+    fig.tight_layout(rect=(0.02, 0.08, 1, 1))
     return fig
 
 
@@ -120,11 +126,12 @@ def plot_sanity(path: str | os.PathLike, sanity: dict[tuple[str, str, str], dict
 
 def sanity_figure(sanity: dict[tuple[str, str, str], dict[str, list[float]]], stages: Sequence[str],
                   layers: Sequence[str], *, title: str = "") -> Figure:
-    """Mean Spearman with the original map after each cumulative randomisation stage, one panel per layer.
+    """Mean |Spearman| with the original map after each cumulative randomisation stage, one panel per layer.
 
     Args:
-        sanity: {(method, layer, pixels): {stage: per-slice Spearman values}}, pixels "support" (drawn
-            solid) or "all" (dashed). Every CAM method found is drawn.
+        sanity: {(method, layer, pixels): {stage: values}}, pixels "support" (drawn solid) or "all"
+            (dashed); values per slice (n,), or per draw and slice (draws, n): then the bar spans the
+            spread (standard deviation) of the draws' means. Every CAM method found is drawn.
         stages: The cascade's stage names, head first.
         layers: One panel each.
         title: Figure title.
@@ -134,7 +141,7 @@ def sanity_figure(sanity: dict[tuple[str, str, str], dict[str, list[float]]], st
     """
     methods = ordered_methods(key[0] for key in sanity)
     styles = series_styles(methods)
-    fig = _new_figure((3.6 * len(layers), 3.9))
+    fig = _new_figure((3.6 * len(layers), 5.6))
     axes = fig.subplots(1, len(layers), squeeze=False, sharey=True)
     for ax, layer in zip(axes[0], layers):
         for method in methods:
@@ -143,20 +150,23 @@ def sanity_figure(sanity: dict[tuple[str, str, str], dict[str, list[float]]], st
                 per_stage = sanity.get((method, layer, pixels))
                 if per_stage is None:
                     continue
-                means = [np.nanmean(per_stage[s]) if np.isfinite(per_stage[s]).any() else np.nan for s in stages]
-                ax.plot(range(len(stages)), means, dash, marker="o" if pixels == "support" else None, ms=3,
-                        color=colour, lw=1.5 if pixels == "support" else 0.9,
-                        label=f"{label}, {'on support' if pixels == 'support' else 'all pixels'}")
+                found = [np.asarray(per_stage.get(s, [np.nan]), dtype=float) for s in stages]
+                means = [np.nanmean(v) if np.isfinite(v).any() else np.nan for v in found]
+                spread = [np.nanstd(np.nanmean(v, axis=-1)) if v.ndim == 2 and np.isfinite(v).any() else 0.0
+                          for v in found]
+                ax.errorbar(range(len(stages)), means, yerr=spread, fmt=dash, marker="o" if pixels == "support"
+                            else None, ms=3, color=colour, lw=1.5 if pixels == "support" else 0.9, capsize=2,
+                            label=f"{label}, {'on support' if pixels == 'support' else 'all pixels'}")
         ax.axhline(0, color="0.8", lw=0.6)
         ax.set_xticks(range(len(stages)), stages, rotation=60, fontsize=7)
         ax.set_title(f"maps at {layer}", fontsize=9)
         ax.grid(alpha=0.3)
-    axes[0, 0].set_ylabel("Spearman ρ with the original map", fontsize=8)
+    axes[0, 0].set_ylabel("|Spearman ρ| with the original map", fontsize=8)
     legend = {}  # every panel's entries, so a method drawn only at some layers is still named
     for ax in axes.ravel():
         legend.update(zip(*reversed(ax.get_legend_handles_labels())))
-    fig.legend(list(legend.values()), list(legend), loc="lower center", ncol=3, fontsize=7, frameon=False)
-    fig.suptitle(title or "Cascading randomisation (weights re-initialised from the head down, cumulative)",
-                 fontsize=10)
-    fig.tight_layout(rect=(0, 0.14, 1, 1))
+    fig.legend(list(legend.values()), list(legend), loc="lower center", ncol=4, fontsize=7, frameon=False)
+    fig.suptitle(title or "Cascading randomisation (weights re-initialised from the head down, cumulative; "
+                 "bars: spread over the draws)", fontsize=10)
+    fig.tight_layout(rect=(0, 0.22, 1, 1))
     return fig

@@ -11,7 +11,7 @@ Arrays: x (B, C, H, W) tensor, m (B, H, W) bool tensor, maps (B, H, W) as ``expl
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -22,7 +22,8 @@ from seghirescam.cam.engine import explain_slices
 from seghirescam.cam.methods import CAMMethod
 from seghirescam.models.unet import UNet2D
 
-__all__ = ["randomisation_stages", "randomise_modules", "cascading_randomisation", "spearman"]
+__all__ = ["randomisation_stages", "randomise_modules", "cascading_randomisation", "randomised_maps", "spearman",
+           "sanity_stages"]
 
 MapKey = tuple[str, str]
 
@@ -91,6 +92,46 @@ def cascading_randomisation(model: nn.Module, x: torch.Tensor, m: torch.Tensor, 
     for index, (stage, names) in enumerate(stages or randomisation_stages(model)):
         randomise_modules(work, names, seed + index)
         result[stage] = explain_slices(work, x, m, target_class, layers=layers, methods=methods)
+    return result
+
+
+def sanity_stages(stages: list[tuple[str, tuple[str, ...]]], layers: Sequence[str]) -> dict[str, str | None]:
+    """The stages the evaluation reads: the head, each layer's own stage, the last (everything random).
+
+    Returns:
+        {"head": name, "layer:<layer>": name or None (the layer is in no stage), "all": name}.
+    """
+    names = [name for name, _ in stages]
+    wanted: dict[str, str | None] = {"head": names[0], "all": names[-1]}
+    for layer in layers:
+        wanted[f"layer:{layer}"] = next((n for n, modules in stages
+                                         if any(layer == mod or layer.startswith(mod + ".") for mod in modules)), None)
+    return wanted
+
+
+def randomised_maps(model: nn.Module, explain: Callable[[nn.Module], dict[MapKey, torch.Tensor]], *,
+                    stages: list[tuple[str, tuple[str, ...]]], keep: Sequence[str], seed: int
+                    ) -> dict[str, dict[MapKey, torch.Tensor]]:
+    """Maps after cumulative randomisation, computed only at the stages in ``keep`` (the cascade still runs
+    through every stage).
+
+    Args:
+        model: The model (left untouched; a deep copy is randomised).
+        explain: Maps of a model, e.g. ``lambda net: explain_slices(net, x, m, c, ...)``.
+        stages: The cascade (``randomisation_stages``).
+        keep: Stage names whose maps are wanted.
+        seed: Seeds the weights (stage i uses seed + i): different seeds, independent re-initialisations.
+
+    Returns:
+        {stage: maps} for the stages in ``keep``, in cascade order.
+    """
+    work = copy.deepcopy(model)
+    result = {}
+    last = max(index for index, (name, _) in enumerate(stages) if name in keep) if keep else -1
+    for index, (stage, names) in enumerate(stages[: last + 1]):
+        randomise_modules(work, names, seed + index)
+        if stage in keep:
+            result[stage] = explain(work)
     return result
 
 
