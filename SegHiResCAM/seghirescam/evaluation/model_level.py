@@ -34,6 +34,7 @@ from seghirescam.evaluation.faithfulness import curve_auc, rank_positions, unifo
 from seghirescam.evaluation.localisation import dilate, localisation_metrics
 from seghirescam.evaluation.plan import MethodPlan, probe_pairs
 from seghirescam.evaluation.road import road_impute
+from seghirescam.evaluation.writing import write_evaluation
 from seghirescam.evaluation.runner import NO_LAYER, TargetResult, _rng, _select, _Rows, group_name, tqdm_bar
 from seghirescam.imaging.geometry import Geometry
 from seghirescam.imaging.volumes import Volume
@@ -175,7 +176,6 @@ def run_model_level(args: argparse.Namespace, command: str, model: object, confi
     Raises:
         ValueError: If the model has none of the cases' classes.
     """
-    from seghirescam.evaluation.command import write_evaluation
 
     started = time.perf_counter()
     targets, notes, classes = [], [], {}
