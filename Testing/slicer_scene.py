@@ -117,9 +117,11 @@ def node_checksum(node: slicer.vtkMRMLNode, segment_id: str | None = None) -> st
     return digest.hexdigest()
 
 
-def read_mrb(path: Path, cache: Path) -> slicer.vtkMRMLScene:
-    """Read a scene bundle into a new scene (with the cache and data I/O managers reading needs)."""
-    scene = slicer.vtkMRMLScene()
+def read_mrb(path: Path, cache: Path, scene: slicer.vtkMRMLScene | None = None) -> slicer.vtkMRMLScene:
+    """Read a scene bundle into ``scene`` (default: a new bare scene), with the cache and data I/O managers reading
+    needs. Markups and segmentations need a scene whose module logics registered their node classes
+    (``make_headless_slicer().scene``)."""
+    scene = scene if scene is not None else slicer.vtkMRMLScene()
     cache_manager = slicer.vtkCacheManager()
     cache_manager.SetRemoteCacheDirectory(str(cache))
     scene.SetCacheManager(cache_manager)
