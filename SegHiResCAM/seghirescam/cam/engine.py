@@ -39,14 +39,77 @@ MapKey = tuple[str, str]
 Preprocess = Callable[[torch.Tensor], torch.Tensor]
 
 
+def forward_with_graph(model: nn.Module, x: torch.Tensor, layers: Sequence[str],
+                       autocast: str | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One forward that keeps the autograd graph from the earliest explained layer to the logits.
+
+    The forward runs without a graph until the earliest explained layer (``ActivationCapture``), so a
+    backward through the returned logits stops there and computes no parameter gradient.
+
+    Args:
+        model: In eval mode, on x's device; maps (B, C, *S) to logits (B, classes, *S), S 2D or 3D.
+        x: Model input (B, C, *S), already padded to the model's size multiple.
+        layers: Names of the explained layers.
+        autocast: None, "bf16" or "fp16" (GPU only).
+
+    Returns:
+        (logits (B, classes, *S), {layer: activation (B, K, *s)} in the order of ``layers``).
+
+    Raises:
+        ValueError: If the logits do not have the input's batch and spatial shape, or a layer cannot be
+            captured (``ActivationCapture``).
+    """
+    with ActivationCapture(model, layers) as capture:
+        with torch.no_grad(), autocast_context(x.device, autocast):
+            logits = model(x)
+        activations = capture.checked_activations()
+    if not isinstance(logits, torch.Tensor) or logits.ndim != x.ndim or logits.shape[0] != x.shape[0] \
+            or logits.shape[2:] != x.shape[2:]:
+        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise ValueError(f"the model must map (B, C, *S) to logits (B, classes, *S); got {shape} "
+                         f"for input {tuple(x.shape)}")
+    return logits, activations
+
+
+def gradient_maps(logits: torch.Tensor, activations: dict[str, torch.Tensor], weights: torch.Tensor,
+                  target_class: int, methods: Sequence[CAMMethod], *,
+                  retain_graph: bool = False) -> tuple[dict[MapKey, torch.Tensor], float]:
+    """Pre-ReLU maps for y = sum over voxels of weights x class-c logits: one backward through a kept graph.
+
+    Args:
+        logits, activations: From ``forward_with_graph``.
+        weights: (B, *S) float or bool: each logit's weight in y.
+        target_class: Class c.
+        methods: What to explain; each combines (A, G) into a map.
+        retain_graph: Keep the graph for further backwards (one per click, ``cam.interactive``).
+
+    Returns:
+        ({(method, layer): (B, *s) float32 pre-ReLU maps}, y as a float).
+
+    Raises:
+        ValueError: If c is out of range.
+    """
+    check_target_class(target_class, logits.shape[1])
+    with torch.enable_grad():
+        score = (logits[:, target_class].float() * weights).sum()
+        gradients = torch.autograd.grad(score, list(activations.values()), allow_unused=True,
+                                        retain_graph=retain_graph)
+    maps: dict[MapKey, torch.Tensor] = {}
+    for (layer, a), g in zip(activations.items(), gradients):
+        a = a.detach().float()
+        g = torch.zeros_like(a) if g is None else g.float()
+        for method in methods:
+            maps[(method.name, layer)] = method.combine(a, g)
+    return maps, float(score.detach().double())
+
+
 def layer_maps(model: nn.Module, x: torch.Tensor, weights: torch.Tensor, target_class: int, layers: Sequence[str],
                methods: Sequence[CAMMethod], autocast: str | None = None) -> tuple[dict[MapKey, torch.Tensor], float]:
     """Pre-ReLU maps at layer resolution for y = sum over voxels of weights x class-c logits: one forward, one backward.
 
     The engine's core, shared by slice batches (weights = M) and sliding-window tiles (weights = M's
-    share of each tile in the stitched prediction, ``cam.tiles``). The forward runs without a graph
-    until the earliest explained layer (``ActivationCapture``), so the backward stops there and no
-    parameter gradient is computed.
+    share of each tile in the stitched prediction, ``cam.tiles``): ``forward_with_graph`` then
+    ``gradient_maps``.
 
     Args:
         model: In eval mode, on x's device; maps (B, C, *S) to logits (B, classes, *S), S 2D or 3D.
@@ -62,26 +125,29 @@ def layer_maps(model: nn.Module, x: torch.Tensor, weights: torch.Tensor, target_
     Raises:
         ValueError: If the logits do not have the input's batch and spatial shape, or c is out of range.
     """
-    with ActivationCapture(model, layers) as capture:
-        with torch.no_grad(), autocast_context(x.device, autocast):
-            logits = model(x)
-        activations = capture.checked_activations()
-    if not isinstance(logits, torch.Tensor) or logits.ndim != x.ndim or logits.shape[0] != x.shape[0] \
-            or logits.shape[2:] != x.shape[2:]:
-        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-        raise ValueError(f"the model must map (B, C, *S) to logits (B, classes, *S); got {shape} "
-                         f"for input {tuple(x.shape)}")
-    check_target_class(target_class, logits.shape[1])
-    with torch.enable_grad():
-        score = (logits[:, target_class].float() * weights).sum()
-        gradients = torch.autograd.grad(score, list(activations.values()), allow_unused=True)
-    maps: dict[MapKey, torch.Tensor] = {}
-    for (layer, a), g in zip(activations.items(), gradients):
-        a = a.detach().float()
-        g = torch.zeros_like(a) if g is None else g.float()
-        for method in methods:
-            maps[(method.name, layer)] = method.combine(a, g)
-    return maps, float(score.detach().double())
+    logits, activations = forward_with_graph(model, x, layers, autocast)
+    return gradient_maps(logits, activations, weights, target_class, methods)
+
+
+def upsample_maps(maps: dict[MapKey, torch.Tensor], padded_size: tuple[int, int],
+                  height: int, width: int) -> dict[MapKey, torch.Tensor]:
+    """ReLU, bilinear upsampling to the padded input's size, and the crop back to (H, W), for every map.
+
+    Args:
+        maps: ``{(method, layer): (B, h, w)}`` pre-ReLU maps at each layer's resolution.
+        padded_size: (H', W') of the padded model input.
+        height, width: The slices' own (H, W).
+
+    Returns:
+        ``{(method, layer): (B, H, W)}``; one interpolation per layer (its maps stacked).
+    """
+    upsampled: dict[MapKey, torch.Tensor] = {}
+    for layer in dict.fromkeys(layer for _, layer in maps):  # one interpolation per layer (its own resolution)
+        keys = [key for key in maps if key[1] == layer]
+        stacked = torch.stack([maps[key] for key in keys], dim=1)  # (B, n_methods, h, w)
+        stacked = F.interpolate(stacked.clamp_min(0), size=tuple(padded_size), mode="bilinear", align_corners=False)
+        upsampled.update({key: stacked[:, index, :height, :width] for index, key in enumerate(keys)})
+    return upsampled
 
 
 def _explain_batch(model: nn.Module, x: torch.Tensor, m: torch.Tensor, target_class: int, layers: Sequence[str],
@@ -92,13 +158,7 @@ def _explain_batch(model: nn.Module, x: torch.Tensor, m: torch.Tensor, target_cl
     maps, _score = layer_maps(model, xp, mp, target_class, layers, methods, autocast)
     if raw:
         return maps
-    upsampled: dict[MapKey, torch.Tensor] = {}
-    for layer in dict.fromkeys(layer for _, layer in maps):  # one interpolation per layer (its own resolution)
-        keys = [key for key in maps if key[1] == layer]
-        stacked = torch.stack([maps[key] for key in keys], dim=1)  # (B, n_methods, h, w)
-        stacked = F.interpolate(stacked.clamp_min(0), size=xp.shape[-2:], mode="bilinear", align_corners=False)
-        upsampled.update({key: stacked[:, index, :height, :width] for index, key in enumerate(keys)})
-    return upsampled
+    return upsample_maps(maps, tuple(xp.shape[-2:]), height, width)
 
 
 def _methods(methods: Sequence[str | CAMMethod] | str | CAMMethod) -> list[CAMMethod]:
