@@ -15,6 +15,8 @@ import numpy as np
 import slicer
 import vtk
 
+from seghirescam.mrml.sample_data import name_segments_by_label as rename_segments  # one rule: name by label value
+
 __all__ = ["HeadlessSlicer", "make_headless_slicer", "volume_from_array", "segmentation_from_labels",
            "node_checksum", "read_mrb", "rename_segments"]
 
@@ -84,15 +86,6 @@ def segmentation_from_labels(scene: slicer.vtkMRMLScene, labels_kji: np.ndarray,
             scene.RemoveNode(scene.GetNodeByID(node_id))
     rename_segments(segmentation, names)
     return segmentation
-
-
-def rename_segments(segmentation: slicer.vtkMRMLSegmentationNode, names: dict[int, str]) -> None:
-    """Name each segment after its label value (segments whose value is not in ``names`` keep theirs)."""
-    seg = segmentation.GetSegmentation()
-    for n in range(seg.GetNumberOfSegments()):
-        segment = seg.GetNthSegment(n)
-        if segment.GetLabelValue() in names:
-            segment.SetName(names[segment.GetLabelValue()])
 
 
 def node_checksum(node: slicer.vtkMRMLNode, segment_id: str | None = None) -> str:

@@ -14,14 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from seghirescam.atomic import atomic_path
 from seghirescam.cam.layers import default_layers
 from seghirescam.models.card import CardError, ModelCard
 from seghirescam.models.unet import UNet2D, head_input_layers
-from seghirescam.models.weights import state_dict_mismatch
+from seghirescam.models.weights import read_state_dict, state_dict_mismatch
 
 __all__ = ["LoadedModel", "load_model", "load_default_model", "save_model", "default_model_path", "card_path_for",
            "build_unet", "unet_card"]
@@ -179,7 +179,7 @@ def load_model(path: str | os.PathLike, card: ModelCard | str | os.PathLike | No
     card = card if isinstance(card, ModelCard) else ModelCard.load(card or card_path_for(path))
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
-        model = _unet_from_state(load_file(str(path)), card, path)
+        model = _unet_from_state(read_state_dict(path, CardError), card, path)  # unreadable file: CardError
     elif suffix in (".ts", ".torchscript") or (suffix in (".pt", ".pth") and _is_torchscript(path)):
         model = torch.jit.load(str(path), map_location="cpu")
         if card.architecture["type"] == "UNet2D":

@@ -171,6 +171,23 @@ class SegHiResCAMLogic:
             remove_with_dependents(self.scene, node)
         return len(old)
 
+    def showResult(self, heatmapNode: slicer.vtkMRMLScalarVolumeNode, opacity: float = 0.5) -> bool:
+        """Show a heatmap over its own CT in every slice view (inside the application).
+
+        Only a heatmap made by this module for a CT that is in the scene is shown: the CT comes from
+        the heatmap's ``SourceVolumeID`` attribute, never from what the views showed before.
+
+        Returns:
+            True if the views were changed.
+        """
+        if heatmapNode is None or heatmapNode.GetAttribute(ATTRIBUTE_PREFIX + "Role") != "heatmap" \
+                or self.scene.GetNodeByID(heatmapNode.GetID()) is not heatmapNode:
+            return False
+        ctNode = self.scene.GetNodeByID(heatmapNode.GetAttribute(ATTRIBUTE_PREFIX + "SourceVolumeID") or "")
+        if ctNode is None:
+            return False
+        return show_in_slice_views(self.scene, ctNode, heatmapNode, opacity=opacity, color_logic=self.colorLogic)
+
     # ---- the run -----------------------------------------------------------------------------
     def process(self, ctNode: slicer.vtkMRMLScalarVolumeNode, segmentationNode: slicer.vtkMRMLSegmentationNode | None,
                 segmentId: str | None, *, model: ExplainableModel | None = None, targetClass: int | str | None = None,

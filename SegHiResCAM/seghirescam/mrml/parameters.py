@@ -22,17 +22,16 @@ from dataclasses import dataclass
 import slicer
 
 from seghirescam.cam.method_info import DEFAULT_METHOD_KEYS, format_method_keys
-from seghirescam.cam.vocabulary import DEFAULT_NORMALIZATION, DEFAULT_POINT_RADIUS, NORMALIZATIONS, PIXEL_SETS
+from seghirescam.cam.vocabulary import (CLICK_MODES, DEFAULT_CLICK_MODE, DEFAULT_NORMALIZATION, DEFAULT_POINT_RADIUS,
+                                        NORMALIZATIONS, PIXEL_SETS)
 
-__all__ = ["MODULE_NAME", "Setting", "SETTINGS", "BATCH_SIZE_RANGE", "CLICK_MODES", "DEVICES", "ModuleParameters",
+__all__ = ["MODULE_NAME", "Setting", "SETTINGS", "BATCH_SIZE_RANGE", "CLICK_RADIUS_RANGE", "DEVICES", "ModuleParameters",
            "parameter_node"]
 
 MODULE_NAME = "SegHiResCAM"
 BATCH_SIZE_RANGE = (0, 1024)  # slices per pass; 0 is shown as "auto" (fits the free memory)
 CLICK_RADIUS_RANGE = (0, 64)  # pixels of the disc around a clicked pixel
 DEVICES = ("auto", "cuda", "cpu")
-# Click to explain: M is the clicked pixel, a disc around it, or the predicted connected component under it.
-CLICK_MODES = ("pixel", "disc", "component")
 
 
 @dataclass(frozen=True)
@@ -72,7 +71,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("batchSize", "int", 0, value_range=BATCH_SIZE_RANGE),
     Setting("outputPrefix", "str", ""),
     Setting("keepPrevious", "bool", False),
-    Setting("clickMode", "str", "disc", choices=CLICK_MODES),
+    Setting("clickMode", "str", DEFAULT_CLICK_MODE, choices=tuple(CLICK_MODES)),
     Setting("clickRadius", "int", DEFAULT_POINT_RADIUS, value_range=CLICK_RADIUS_RANGE),
 )
 _BY_NAME = {setting.name: setting for setting in SETTINGS}
