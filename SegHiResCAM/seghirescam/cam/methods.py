@@ -39,7 +39,7 @@ __all__ = ["CAMMethod", "METHODS", "resolve_method", "resolve_methods", "seg_xre
 Combine = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True)  # no kw_only: Python 3.9 (Slicer 5.8) lacks it
 class CAMMethod(MethodInfo):
     """A CAM method: its metadata (``MethodInfo``: key, display_name, short_title, style, citation,
     description; ``name`` is the key) and its formula.
