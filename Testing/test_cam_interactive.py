@@ -161,6 +161,10 @@ def test_perturbation_methods_are_refused_with_a_reason(case):
             SliceExplainer(loaded.model, image, KIDNEY, methods=("seg-hires-grad-cam", method.key))
     finally:
         unregister_method(method.key)
+    for key, registered in METHODS.items():  # the registry's own perturbation methods, where registered
+        if getattr(registered, "cost", "gradient") == "perturbation":
+            with pytest.raises(ValueError, match=f"{key} needs many forward passes"):
+                SliceExplainer(loaded.model, image, KIDNEY, methods=(key,))
 
 
 def test_model_and_image_are_left_as_found():
@@ -182,3 +186,24 @@ def test_model_and_image_are_left_as_found():
     assert not explainer.ready
     explainer.explain_pixel(1, 1)
     assert explainer.forward_passes == 2
+
+
+def test_the_readme_click_example_runs_as_written(real_ct_dir):
+    """README's "Click to explain" block, run as written on the real CT: one forward, the engine's maps."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"### Click to explain.*?```python\n(.*?)```", text, re.S).group(1)
+    assert 'data = Path("../shared/data/ct-abdomen-totalseg")' in block
+    namespace: dict = {}
+    exec(block.replace('Path("../shared/data/ct-abdomen-totalseg")', f"Path({str(real_ct_dir)!r})"), namespace)
+    explainer, kidney = namespace["explainer"], namespace["kidney"]
+    assert explainer.forward_passes == 1 and kidney.mask.sum() > 100
+    assert kidney.mask[60, 38] and explainer.prediction[kidney.mask].tolist() == [KIDNEY] * int(kidney.mask.sum())
+    reference = explain_slices(explainer.model, explainer.image[None], torch.from_numpy(kidney.mask)[None], KIDNEY,
+                               layers=("bottleneck",), pad_to_multiple=explainer.multiple)
+    for key, values in reference.items():
+        expected = values[0].numpy()
+        np.testing.assert_allclose(kidney[key] * kidney.scales[key], expected, rtol=1e-5, atol=1e-5 * expected.max())
+    assert namespace["hires"].max() == pytest.approx(1.0)

@@ -94,17 +94,23 @@ def gradient_methods(methods: Sequence[str | CAMMethod] | str | CAMMethod) -> li
         The methods, one per key.
 
     Raises:
-        ValueError: For an unknown key, or a method that needs forward passes of its own per map
-            (a perturbation method): those cost many forwards, so a click cannot be answered at once.
+        ValueError: For an unknown key, or a method that runs the network again for its maps: a
+            perturbation method (registry cost "perturbation": one forward per channel, many per click)
+            or one with its own extra passes (cost "forward"); a click is answered by one backward.
     """
     resolved = resolve_methods((methods,) if isinstance(methods, (str, CAMMethod)) else methods)
-    refused = [method.key for method in resolved
-               if not callable(getattr(method, "combine", None)) or getattr(method, "perturbation", False)
-               or getattr(method, "needs_forward_passes", False)]
-    if refused:
-        raise ValueError(f"click-to-explain runs one backward per click, so it explains gradient methods only; "
-                         f"{', '.join(refused)} needs many forward passes per map: run it on the whole pixel set "
-                         "instead (explain_slices / explain_volume, or Apply in Slicer)")
+    perturbation = [method.key for method in resolved
+                    if getattr(method, "cost", None) == "perturbation" or getattr(method, "perturbation", False)]
+    if perturbation:
+        raise ValueError(f"click to explain answers each click with one backward pass; {', '.join(perturbation)} "
+                         "needs many forward passes per map (one per channel of the layer): run it on the whole "
+                         "pixel set instead (explain_slices / explain_volume, or Apply in Slicer)")
+    other = [method.key for method in resolved
+             if getattr(method, "cost", "gradient") != "gradient" or not callable(getattr(method, "combine", None))]
+    if other:
+        raise ValueError(f"click to explain answers each click with one backward pass; {', '.join(other)} runs the "
+                         "network again for its maps: run it on the whole pixel set instead (explain_slices / "
+                         "explain_volume, or Apply in Slicer)")
     return resolved
 
 
@@ -161,6 +167,7 @@ class SliceExplainer:
         self.forward_passes = 0
         self._logits: torch.Tensor | None = None
         self._activations: dict[str, torch.Tensor] | None = None
+        self._prediction: np.ndarray | None = None
         self._padded_size: tuple[int, int] = (self.height, self.width)
 
     # ---- the kept forward pass ---------------------------------------------------------------
@@ -187,13 +194,16 @@ class SliceExplainer:
 
     def release(self) -> None:
         """Free the kept graph and activations (the next click runs the forward pass again)."""
-        self._logits, self._activations = None, None
+        self._logits, self._activations, self._prediction = None, None, None
 
     @property
     def prediction(self) -> np.ndarray:
-        """The model's label of every pixel (argmax of the logits), (H, W) int64 numpy."""
+        """The model's label of every pixel (argmax of the logits), (H, W) int64 numpy (a read-only view)."""
         self.prepare()
-        return self._logits[0, :, :self.height, :self.width].detach().argmax(0).cpu().numpy()
+        if self._prediction is None:
+            self._prediction = self._logits[0, :, :self.height, :self.width].detach().argmax(0).cpu().numpy()
+            self._prediction.flags.writeable = False
+        return self._prediction
 
     # ---- clicks ------------------------------------------------------------------------------
     def explain_mask(self, m: np.ndarray | torch.Tensor) -> SliceExplanation:
