@@ -275,6 +275,7 @@ class SegHiResCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._modelError = ""
         self._methodCheckBoxes = {}
         self._clickExplainer = None
+        self._clickPoints = None
 
     # ---- setup ---------------------------------------------------------------------------------------
     def setup(self):
@@ -461,6 +462,7 @@ class SegHiResCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         finally:
             self._updatingGUI = False
         self.updateButtons()
+        self._updateClickSettings()
 
     def updateParameterNodeFromGUI(self):
         """Write the widgets' values to the parameter node (one Modified event for all of them)."""
@@ -747,11 +749,133 @@ class SegHiResCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._stopClickMode()
 
     def _startClickMode(self):
-        self.ui.statusLabel.text = "Click to explain is not available in this version."
-        self.clickCheckBox.checked = False
+        """Explain clicks: a persistent 'place point' mode on a markups node of the module; each placed point is
+        explained (``ClickExplainLogic.explainAtRAS``) and removed again."""
+        p = self._params
+        problem = ""
+        if not torchInstalled():
+            problem = "click to explain needs PyTorch: click Apply once to install it"
+        elif self._model is None:
+            problem = "no model is loaded (see 'Model:')"
+        elif p is None or p.inputVolume is None:
+            problem = "choose a CT volume first"
+        clickLogic = None
+        if not problem:
+            from seghirescam.mrml.click import ClickExplainLogic
+
+            try:
+                clickLogic = ClickExplainLogic(slicer.mrmlScene, p.inputVolume, self._model, **self._clickSettings())
+            except (ValueError, ImportError, OSError) as error:
+                problem = str(error)
+        if problem:
+            self.ui.statusLabel.text = f"Click to explain is off: {problem}"
+            wasBlocked = self.clickCheckBox.blockSignals(True)
+            self.clickCheckBox.checked = False
+            self.clickCheckBox.blockSignals(wasBlocked)
+            return
+        self._clickExplainer = clickLogic
+        self._clickPoints = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "SegHiResCAM click")
+        self._clickPoints.SetHideFromEditors(True)
+        self._clickPoints.SetSaveWithScene(False)
+        from slicer import vtkMRMLMarkupsNode
+
+        self.addObserver(self._clickPoints, vtkMRMLMarkupsNode.PointPositionDefinedEvent, self._onClickPlaced)
+        self._setPlaceMode(self._clickPoints)
+        self.ui.statusLabel.text = "Click to explain: click a pixel in a slice view"
+
+    def _clickSettings(self) -> dict:
+        """The click logic's settings from the parameter node (target class: chosen, else from the segment's name)."""
+        p = self._params
+        target = p.targetClass or None
+        if target is None and p.segmentationNode is not None and p.segmentId:
+            segment = p.segmentationNode.GetSegmentation().GetSegment(p.segmentId)
+            target = self._model.class_for_segment(segment.GetName()) if segment is not None else None
+        if target is None:
+            raise ValueError("choose a target class (or a segment whose name names one)")
+        methods = list(parse_method_keys(p.methods))
+        gradient = [key for key in methods if key in METHOD_INFO and _isGradient(key)]
+        if not gradient:
+            raise ValueError("click to explain needs a gradient method (e.g. Seg-HiRes-Grad CAM) among the methods")
+        return dict(targetClass=target, layers=p.layer or None, methods=gradient, normalize=p.normalize,
+                    mode=p.clickMode, radius=p.clickRadius, device=p.device, outputPrefix=p.outputPrefix or None,
+                    colorLogic=self.logic.colorLogic)
+
+    def _updateClickSettings(self):
+        """Settings changed while clicking: the next click uses them (a new CT or model ends the mode)."""
+        click = self._clickExplainer
+        if click is None:
+            return
+        if click.ctNode is not self._params.inputVolume or click.model is not self._model:
+            self._stopClickMode()
+            return
+        try:
+            settings = self._clickSettings()
+            settings.pop("colorLogic")
+            click.configure(**settings)
+        except ValueError as error:
+            self.ui.statusLabel.text = f"Click to explain: {error}"
+
+    def _onClickPlaced(self, caller, event):
+        """A point was placed in a slice view: explain it, then remove the point."""
+        count = caller.GetNumberOfControlPoints()
+        if count == 0 or self._clickExplainer is None:
+            return
+        ras = [0.0, 0.0, 0.0]
+        caller.GetNthControlPointPositionWorld(count - 1, ras)
+        caller.RemoveAllControlPoints()
+        try:
+            self._clickExplainer.explainAtRAS(ras)
+        except ValueError as error:
+            self.ui.statusLabel.text = f"Click not explained: {error}"
+            return
+        record = self._clickExplainer.lastClick
+        how = "new slice: forward + backward" if record.ranForward else "cached slice: one backward"
+        self.ui.statusLabel.text = (f"Explained the click at voxel (k, j, i) {tuple(record.voxel)} in "
+                                    f"{record.seconds * 1000:.0f} ms ({how})")
+
+    def _setPlaceMode(self, markupsNode):
+        """Persistent point placement into ``markupsNode`` (None: back to the normal view mode)."""
+        interaction = slicer.mrmlScene.GetNodeByID("vtkMRMLInteractionNodeSingleton")
+        selection = slicer.mrmlScene.GetNodeByID("vtkMRMLSelectionNodeSingleton")
+        if interaction is None or selection is None:  # no views (headless): points are added by scripts
+            return
+        if markupsNode is not None:
+            selection.SetReferenceActivePlaceNodeClassName("vtkMRMLMarkupsFiducialNode")
+            selection.SetActivePlaceNodeID(markupsNode.GetID())
+            interaction.SetPlaceModePersistence(1)
+            interaction.SetCurrentInteractionMode(interaction.Place)
+        else:
+            interaction.SetPlaceModePersistence(0)
+            interaction.SetCurrentInteractionMode(interaction.ViewTransform)
 
     def _stopClickMode(self):
-        self._clickExplainer = None
+        """End click to explain: normal view mode, the click point node removed; the maps stay in the scene."""
+        if getattr(self, "_clickPoints", None) is not None:
+            from slicer import vtkMRMLMarkupsNode
+
+            self.removeObserver(self._clickPoints, vtkMRMLMarkupsNode.PointPositionDefinedEvent, self._onClickPlaced)
+            self._setPlaceMode(None)
+            if slicer.mrmlScene.GetNodeByID(self._clickPoints.GetID()) is self._clickPoints:
+                slicer.mrmlScene.RemoveNode(self._clickPoints)
+            self._clickPoints = None
+        if self._clickExplainer is not None:
+            self._clickExplainer.release()
+            self._clickExplainer = None
+        if hasattr(self, "clickCheckBox") and self.clickCheckBox.checked:
+            wasBlocked = self.clickCheckBox.blockSignals(True)
+            self.clickCheckBox.checked = False
+            self.clickCheckBox.blockSignals(wasBlocked)
+
+
+def _isGradient(key: str) -> bool:
+    """Whether a registered method is answered by one backward (no perturbation, no extra passes)."""
+    from seghirescam.cam.interactive import gradient_methods
+
+    try:
+        gradient_methods([key])
+        return True
+    except ValueError:
+        return False
 
 
 # ---- self-test -------------------------------------------------------------------------------------------

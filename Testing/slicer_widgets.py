@@ -927,6 +927,14 @@ class SlicerHarness:
             time.sleep(interval)
         return ticks
 
+    def click_slice_view(self, ras) -> None:
+        """A click in a slice view while the module's point placement is active: the point lands at ``ras``
+        (world RAS mm) in the markups node being placed, which fires PointPositionDefinedEvent as in Slicer."""
+        node = self.widget._clickPoints
+        if node is None:
+            raise RuntimeError("no point placement is active (click to explain is off)")
+        node.AddControlPoint(vtk.vtkVector3d(*map(float, ras)))
+
     def close(self) -> None:
         """Destroy the widgets as Slicer does at exit: the Widget's ``cleanup``, selectors stop observing the scene."""
         if self.widget is not None:

@@ -283,6 +283,53 @@ def test_every_setting_made_in_the_widget_comes_back_with_the_scene(harness, mod
     assert (widget.clickModeComboBox.currentData, widget.clickRadiusSpinBox.value) == ("component", 4)
 
 
+def test_click_to_explain_explains_each_clicked_pixel_on_its_slice(harness, model_file):
+    import numpy as np
+
+    from seghirescam.mrml.nodes import ijk_to_ras_of
+
+    widget, ct, seg = _open_with_phantom(harness, model_file)
+    labels = slicer.util.arrayFromVolume(ct) * 0
+    kidney = seg.GetSegmentation().GetSegmentIdBySegmentName("kidney")
+    from seghirescam.mrml.nodes import segment_mask
+
+    labels = segment_mask(harness.scene, seg, kidney, ct)
+    k, j, i = (int(v) for v in np.argwhere(labels)[len(np.argwhere(labels)) // 2])
+    ras = (ijk_to_ras_of(ct) @ [i, j, k, 1.0])[:3]
+    widget.clickModeComboBox.choose("disc")
+    widget.clickRadiusSpinBox.value = 6
+    widget.clickCheckBox.checked = True
+    assert widget._clickExplainer is not None and "click a pixel" in widget.ui.statusLabel.text
+    harness.click_slice_view(ras)
+    assert "forward + backward" in widget.ui.statusLabel.text, widget.ui.statusLabel.text
+    clicks = [n for n in (harness.scene.GetNthNode(x) for x in range(harness.scene.GetNumberOfNodes()))
+              if n.GetAttribute("SegHiResCAM.Role") == "click"]
+    assert clicks and widget._clickPoints.GetNumberOfControlPoints() == 0
+    heats = [slicer.util.arrayFromVolume(node) for node in clicks]
+    assert any(heat[k].any() for heat in heats) and not any(np.delete(heat, k, axis=0).any() for heat in heats)
+    assert _foreground_ids(harness.scene) == {clicks[0].GetID()}
+    harness.click_slice_view((ijk_to_ras_of(ct) @ [i + 1, j, k, 1.0])[:3])
+    assert "one backward" in widget.ui.statusLabel.text
+    widget.clickModeComboBox.choose("pixel")  # a setting changed while clicking: the next click uses it
+    assert widget._clickExplainer.mode == "pixel"
+    harness.click_slice_view(ras)
+    assert "Explained" in widget.ui.statusLabel.text
+    outside = (ijk_to_ras_of(ct) @ [i, j, k + 1000, 1.0])[:3]
+    harness.click_slice_view(outside)
+    assert widget.ui.statusLabel.text.startswith("Click not explained")
+    points = widget._clickPoints
+    widget.clickCheckBox.checked = False
+    assert widget._clickExplainer is None and harness.scene.GetNodeByID(points.GetID()) is None
+    assert harness.scene.GetNodeByID(clicks[0].GetID()) is clicks[0]  # the maps stay
+
+
+def test_click_to_explain_needs_a_model_and_says_so(harness, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)
+    widget = harness.open_module()
+    widget.clickCheckBox.checked = True
+    assert not widget.clickCheckBox.checked and "needs PyTorch" in widget.ui.statusLabel.text
+
+
 def test_cleanup_removes_each_observer_once(harness, recwarn):
     widget = harness.open_module()
     widget.cleanup()
