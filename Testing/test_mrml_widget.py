@@ -289,7 +289,6 @@ def test_click_to_explain_explains_each_clicked_pixel_on_its_slice(harness, mode
     from seghirescam.mrml.nodes import ijk_to_ras_of
 
     widget, ct, seg = _open_with_phantom(harness, model_file)
-    labels = slicer.util.arrayFromVolume(ct) * 0
     kidney = seg.GetSegmentation().GetSegmentIdBySegmentName("kidney")
     from seghirescam.mrml.nodes import segment_mask
 
