@@ -115,8 +115,10 @@ def test_a_torch_that_raises_oserror_is_reported_not_fatal(harness, monkeypatch)
             raise OSError("[WinError 126] The specified module could not be found (c10.dll)")
         return real_import(name, *args, **kwargs)
 
-    for name in [n for n in sys.modules if n == "torch" or n.startswith("torch.")]:
-        monkeypatch.delitem(sys.modules, name)
+    for name, module in list(sys.modules.items()):  # as in a fresh Slicer: torch and what imports it not loaded yet
+        if name == "torch" or name.startswith(("torch.", "safetensors", "seghirescam.models")) or (
+                name.startswith("seghirescam.") and module is not None and "torch" in vars(module)):
+            monkeypatch.delitem(sys.modules, name)
     monkeypatch.setattr(builtins, "__import__", broken_torch)
     widget = harness.open_module()  # the model cannot load: said, and the module still works
     assert "PyTorch fails to load" in widget.modelStatusLabel.text and "OSError" in widget.modelStatusLabel.text

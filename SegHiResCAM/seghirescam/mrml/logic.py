@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -106,7 +107,8 @@ class SegHiResCAMLogic:
         self._models: dict[tuple, ExplainableModel] = {}
         self.lastPredictionNode: slicer.vtkMRMLSegmentationNode | None = None
         self._runs: list[BackgroundProcess] = []  # background runs to cancel when the scene closes
-        self._closeObserver = self.scene.AddObserver(slicer.vtkMRMLScene.StartCloseEvent, self._onSceneStartClose)
+        self._closeObserver = self.scene.AddObserver(slicer.vtkMRMLScene.StartCloseEvent,
+                                                     _cancel_on_close(weakref.ref(self)))
 
     # ---- models and layers -------------------------------------------------------------------
     def loadModel(self, path: str | None = None, **options: object) -> ExplainableModel:
@@ -386,9 +388,6 @@ class SegHiResCAMLogic:
             run.cancel()
         return len(running)
 
-    def _onSceneStartClose(self, caller=None, event=None) -> None:
-        self.cancelRuns()
-
     def close(self) -> None:
         """Cancel the runs and stop observing the scene (e.g. from the widget's ``cleanup``)."""
         self.cancelRuns()
@@ -457,6 +456,18 @@ class SegHiResCAMLogic:
         """
         axis = SliceOrientation.from_geometry(Geometry.from_ijk_to_ras(ijk_to_ras_of(ctNode))).permutation[0]
         return int(voxel_at_world(ctNode, rasWorld)[axis])
+
+
+def _cancel_on_close(logic_ref: weakref.ref) -> Callable:
+    """The scene observer that cancels a Logic's runs when the scene closes; holds the Logic weakly, so an
+    observer left on the scene neither keeps a Logic alive nor calls a half-destroyed one."""
+
+    def on_close(caller, event) -> None:
+        logic = logic_ref()
+        if logic is not None and "_runs" in vars(logic):
+            logic.cancelRuns()
+
+    return on_close
 
 
 class BackgroundProcess:
