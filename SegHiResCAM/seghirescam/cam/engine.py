@@ -19,7 +19,9 @@ from torch import nn
 
 from seghirescam.cam.capture import ActivationCapture, evaluation_mode, resolve_layers
 from seghirescam.cam.method_info import DEFAULT_METHOD_KEYS
+from seghirescam.cam.layer_context import LayerContext, target_scores
 from seghirescam.cam.methods import CAMMethod, resolve_methods
+from seghirescam.cam.perturbation import log_cost_estimate
 from seghirescam.cam.layers import default_layers, explainable_layers
 from seghirescam.cam.normalization import check_normalize, normalize_maps
 from seghirescam.cam.padding import pad_slices, size_multiple
@@ -72,7 +74,8 @@ def forward_with_graph(model: nn.Module, x: torch.Tensor, layers: Sequence[str],
 
 
 def gradient_maps(logits: torch.Tensor, activations: dict[str, torch.Tensor], weights: torch.Tensor,
-                  target_class: int, methods: Sequence[CAMMethod], *,
+                  target_class: int, methods: Sequence[CAMMethod], *, model: nn.Module | None = None,
+                  x: torch.Tensor | None = None, cancel: Callable[[], bool] | None = None,
                   retain_graph: bool = False) -> tuple[dict[MapKey, torch.Tensor], float]:
     """Pre-ReLU maps for y = sum over voxels of weights x class-c logits: one backward through a kept graph.
 
@@ -80,36 +83,46 @@ def gradient_maps(logits: torch.Tensor, activations: dict[str, torch.Tensor], we
         logits, activations: From ``forward_with_graph``.
         weights: (B, *S) float or bool: each logit's weight in y.
         target_class: Class c.
-        methods: What to explain; each combines (A, G) into a map.
+        methods: What to explain; each computes its map from a ``LayerContext`` (gradient methods
+            combine (A, G); methods with a ``model_pass`` also need ``model`` and ``x``).
+        model, x: The network and its input (B, C, *S), for methods that run the network again.
+        cancel: The run's cancel callback, for long methods.
         retain_graph: Keep the graph for further backwards (one per click, ``cam.interactive``).
 
     Returns:
         ({(method, layer): (B, *s) float32 pre-ReLU maps}, y as a float).
 
     Raises:
-        ValueError: If c is out of range.
+        ValueError: If c is out of range, or a method that runs the network again gets no model.
     """
     check_target_class(target_class, logits.shape[1])
+    needing = [method.key for method in methods if method.model_pass is not None]
+    if needing and (model is None or x is None):
+        raise ValueError(f"{', '.join(needing)} run the network again: pass the model and its input")
     with torch.enable_grad():
-        score = (logits[:, target_class].float() * weights).sum()
+        scores = target_scores(logits, weights, target_class)
+        score = scores.sum()
         gradients = torch.autograd.grad(score, list(activations.values()), allow_unused=True,
                                         retain_graph=retain_graph)
     maps: dict[MapKey, torch.Tensor] = {}
     for (layer, a), g in zip(activations.items(), gradients):
         a = a.detach().float()
         g = torch.zeros_like(a) if g is None else g.float()
+        context = LayerContext(model, x, weights, target_class, layer, a, g, scores.detach(), cancel)
         for method in methods:
-            maps[(method.name, layer)] = method.combine(a, g)
+            maps[(method.name, layer)] = method.compute(context)
     return maps, float(score.detach().double())
 
 
 def layer_maps(model: nn.Module, x: torch.Tensor, weights: torch.Tensor, target_class: int, layers: Sequence[str],
-               methods: Sequence[CAMMethod], autocast: str | None = None) -> tuple[dict[MapKey, torch.Tensor], float]:
+               methods: Sequence[CAMMethod], autocast: str | None = None,
+               cancel: Callable[[], bool] | None = None) -> tuple[dict[MapKey, torch.Tensor], float]:
     """Pre-ReLU maps at layer resolution for y = sum over voxels of weights x class-c logits: one forward, one backward.
 
     The engine's core, shared by slice batches (weights = M) and sliding-window tiles (weights = M's
     share of each tile in the stitched prediction, ``cam.tiles``): ``forward_with_graph`` then
-    ``gradient_maps``.
+    ``gradient_maps``. Methods with a ``model_pass`` (Ablation, Score, FullGrad, LIFT, CAM) then get A, G
+    and y per slice in a ``LayerContext`` and run their own extra passes (float32).
 
     Args:
         model: In eval mode, on x's device; maps (B, C, *S) to logits (B, classes, *S), S 2D or 3D.
@@ -118,15 +131,16 @@ def layer_maps(model: nn.Module, x: torch.Tensor, weights: torch.Tensor, target_
         target_class: Class c.
         layers, methods: What to explain.
         autocast: None, "bf16" or "fp16" (GPU only).
+        cancel: Asked between the extra passes of methods that run the network again.
 
     Returns:
-        ({(method, layer): (B, *s) float32 pre-ReLU maps}, y as a float).
+        ({(method, layer): (B, *s) float32 pre-ReLU maps (FullGrad: (B, *S))}, y as a float).
 
     Raises:
         ValueError: If the logits do not have the input's batch and spatial shape, or c is out of range.
     """
     logits, activations = forward_with_graph(model, x, layers, autocast)
-    return gradient_maps(logits, activations, weights, target_class, methods)
+    return gradient_maps(logits, activations, weights, target_class, methods, model=model, x=x, cancel=cancel)
 
 
 def upsample_maps(maps: dict[MapKey, torch.Tensor], padded_size: tuple[int, int],
@@ -139,11 +153,12 @@ def upsample_maps(maps: dict[MapKey, torch.Tensor], padded_size: tuple[int, int]
         height, width: The slices' own (H, W).
 
     Returns:
-        ``{(method, layer): (B, H, W)}``; one interpolation per layer (its maps stacked).
+        ``{(method, layer): (B, H, W)}``; one interpolation per layer and resolution (its maps stacked;
+        FullGrad's maps are at the input's resolution).
     """
     upsampled: dict[MapKey, torch.Tensor] = {}
-    for layer in dict.fromkeys(layer for _, layer in maps):  # one interpolation per layer (its own resolution)
-        keys = [key for key in maps if key[1] == layer]
+    for layer, shape in dict.fromkeys((layer, tuple(value.shape)) for (_, layer), value in maps.items()):
+        keys = [key for key, value in maps.items() if key[1] == layer and tuple(value.shape) == shape]
         stacked = torch.stack([maps[key] for key in keys], dim=1)  # (B, n_methods, h, w)
         stacked = F.interpolate(stacked.clamp_min(0), size=tuple(padded_size), mode="bilinear", align_corners=False)
         upsampled.update({key: stacked[:, index, :height, :width] for index, key in enumerate(keys)})
@@ -151,11 +166,12 @@ def upsample_maps(maps: dict[MapKey, torch.Tensor], padded_size: tuple[int, int]
 
 
 def _explain_batch(model: nn.Module, x: torch.Tensor, m: torch.Tensor, target_class: int, layers: Sequence[str],
-                   methods: Sequence[CAMMethod], multiple: int, raw: bool, autocast: str | None) -> dict[MapKey, torch.Tensor]:
+                   methods: Sequence[CAMMethod], multiple: int, raw: bool, autocast: str | None,
+                   cancel: Callable[[], bool] | None = None) -> dict[MapKey, torch.Tensor]:
     """Maps for one prepared batch of slices; the model is in eval mode on x's device."""
     height, width = x.shape[-2:]
     xp, mp = pad_slices(x, multiple, m)
-    maps, _score = layer_maps(model, xp, mp, target_class, layers, methods, autocast)
+    maps, _score = layer_maps(model, xp, mp, target_class, layers, methods, autocast, cancel)
     if raw:
         return maps
     return upsample_maps(maps, tuple(xp.shape[-2:]), height, width)
@@ -273,8 +289,9 @@ def explain_volume(model: nn.Module, volume: np.ndarray, mask: np.ndarray, targe
             ("bottleneck" if the model has it).
         methods: Method names or ``CAMMethod`` objects.
         axis: The slicing axis of ``volume`` (0, 1, 2 or negative).
-        batch_size: Slices per batch, or "auto" (fits a quarter of free memory). On CUDA
-            out-of-memory the batch is halved and retried, with a warning.
+        batch_size: Slices per batch, or "auto" (fits a quarter of free memory; 1 with a perturbation
+            method, whose own forwards are batched over channels). On CUDA out-of-memory the batch is
+            halved and retried, with a warning.
         device: "auto" (CUDA, else MPS, else CPU), "cpu", "cuda", "cuda:N", "mps".
         normalize: "volume" (divide each map by its volume max), "slice" (each slice by its
             own max) or "none". Division happens only where the max is > 0.
@@ -322,13 +339,18 @@ def explain_volume(model: nn.Module, volume: np.ndarray, mask: np.ndarray, targe
         return x, torch.from_numpy(masks[indices]).to(torch_device)
 
     with evaluation_mode(work_model):
-        if batch_size == "auto":
+        auto = batch_size == "auto"
+        if auto:
             example = pad_slices(prepared(todo[:1])[0], multiple)[0]
             batch_size = auto_batch_size(work_model, example, len(todo))
             if torch_device.type == "cpu":
                 batch_size = max(1, min(batch_size, CPU_AUTO_BATCH_PIXELS // (example.shape[-2] * example.shape[-1])))
         elif isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int or 'auto', got {batch_size!r}")
+        if any(method.cost == "perturbation" for method in method_list):  # printed by the CLI before they start
+            log_cost_estimate(work_model, pad_slices(prepared(todo[:1])[0], multiple)[0], layers, method_list, len(todo))
+            if auto:  # their forwards are batched over channels; one slice per step keeps progress fine-grained
+                batch_size = 1
         done = 0
         while done < len(todo):
             if cancel is not None and cancel():
@@ -336,7 +358,8 @@ def explain_volume(model: nn.Module, volume: np.ndarray, mask: np.ndarray, targe
             indices = todo[done:done + batch_size]
             try:
                 x, m = prepared(indices)
-                batch_maps = _explain_batch(work_model, x, m, target_class, layers, method_list, multiple, False, autocast)
+                batch_maps = _explain_batch(work_model, x, m, target_class, layers, method_list, multiple, False, autocast,
+                                            cancel)
             except RuntimeError as error:
                 if not is_out_of_memory(error) or batch_size == 1:
                     raise

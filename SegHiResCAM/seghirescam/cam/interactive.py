@@ -168,6 +168,7 @@ class SliceExplainer:
         self._logits: torch.Tensor | None = None
         self._activations: dict[str, torch.Tensor] | None = None
         self._prediction: np.ndarray | None = None
+        self._padded: torch.Tensor | None = None  # the padded input (1, C, H', W'), for methods with a model pass
         self._padded_size: tuple[int, int] = (self.height, self.width)
 
     # ---- the kept forward pass ---------------------------------------------------------------
@@ -187,14 +188,14 @@ class SliceExplainer:
             with evaluation_mode(self.model):
                 logits, activations = forward_with_graph(self.model, padded, self.layers, self.autocast)
             check_target_class(self.target_class, logits.shape[1])
-            self._logits, self._activations = logits, activations
+            self._logits, self._activations, self._padded = logits, activations, padded
             self._padded_size = (int(padded.shape[-2]), int(padded.shape[-1]))
             self.forward_passes += 1
         return self
 
     def release(self) -> None:
         """Free the kept graph and activations (the next click runs the forward pass again)."""
-        self._logits, self._activations, self._prediction = None, None, None
+        self._logits, self._activations, self._prediction, self._padded = None, None, None, None
 
     @property
     def prediction(self) -> np.ndarray:
@@ -232,7 +233,7 @@ class SliceExplainer:
         weights = torch.zeros(1, *self._padded_size, dtype=torch.bool, device=self.device)
         weights[0, :self.height, :self.width] = torch.from_numpy(mask).to(self.device)
         raw, score = gradient_maps(self._logits, self._activations, weights, self.target_class, self.methods,
-                                   retain_graph=True)
+                                   model=self.model, x=self._padded, retain_graph=True)
         upsampled = upsample_maps(raw, self._padded_size, self.height, self.width)
         maps = {key: value[0].cpu().numpy() for key, value in upsampled.items()}
         scales = {key: float(normalize_maps(value[None], self.normalize)[0]) for key, value in maps.items()}
