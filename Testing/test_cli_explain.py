@@ -146,7 +146,7 @@ def test_new_methods_run_from_the_command_line_on_the_real_ct_with_a_cost_estima
     summary = json.loads((tmp_path / "out" / "summary.json").read_text(encoding="utf-8"))
     assert summary["targets"][0]["slices_explained"] == 1
     for method in ("seg-score-cam", "seg-grad-cam-pp"):
-        (path,) = (tmp_path / "out").glob(f"kidney_left_{method}_*.nrrd")
+        (path,) = (tmp_path / "out").glob(f"kidney__M-*_{method}_*.nrrd")
         heat = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
         assert heat.shape == segment.shape and heat.max() == pytest.approx(1.0)
         assert np.flatnonzero(heat.any(axis=(1, 2))).tolist() == [k]

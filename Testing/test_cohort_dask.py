@@ -80,3 +80,25 @@ def test_existing_scheduler_runs_cases_and_records_failures(tmp_path):
         again = run_batch(manifest, tmp_path / "out", BatchSettings(model=str(model), label_names=PHANTOM_NAMES, device="cpu", figure=False),
                           executor="dask", scheduler=cluster.scheduler_address, progress=False)
     assert [r["reused"] for r in again.records] == [True, False]  # finished case skipped, failed one retried
+
+
+def test_dask_info_logging_is_kept_out_of_the_progress_bars_unless_verbose():
+    import logging
+
+    from seghirescam.cohort.dask_executor import _quiet_dask_logs
+
+    dask_log, root = logging.getLogger("distributed"), logging.getLogger()
+    saved = dask_log.level, root.level
+    try:
+        dask_log.setLevel(logging.INFO)  # as distributed's own logging config sets it
+        root.setLevel(logging.WARNING)  # seghirescam without -v
+        with _quiet_dask_logs():
+            assert not logging.getLogger("distributed.scheduler").isEnabledFor(logging.INFO)
+            assert logging.getLogger("distributed.scheduler").isEnabledFor(logging.WARNING)
+        assert dask_log.level == logging.INFO
+        root.setLevel(logging.INFO)  # seghirescam -v: Dask's lines stay
+        with _quiet_dask_logs():
+            assert logging.getLogger("distributed.scheduler").isEnabledFor(logging.INFO)
+    finally:
+        dask_log.setLevel(saved[0])
+        root.setLevel(saved[1])

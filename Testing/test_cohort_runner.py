@@ -211,7 +211,7 @@ def test_failing_cases_are_recorded_and_the_run_goes_on(tmp_path, capsys):
     manifest, out = write_manifest(data, rows), tmp_path / "out"
     assert batch(manifest, out, model, "--no-figure") == 1
     expected = {"unreadable": ("ValueError", "could not read"), "apart": ("ValueError", "do not overlap"),
-                "empty": ("ValueError", "is empty"), "nan": ("ValueError", "NaN")}
+                "empty": ("ValueError", "is empty"), "nan": ("CorruptImageError", "NaN")}
     assert record(out, "good")["status"] == "ok"
     for case_id, (kind, message) in expected.items():
         failed = record(out, case_id)

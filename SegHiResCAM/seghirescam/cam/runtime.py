@@ -40,14 +40,18 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 
 def model_on_device(model: nn.Module, device: torch.device) -> nn.Module:
-    """Return the model itself if it already lives on ``device``, else a copy moved there.
+    """Return the model itself if it lives on ``device`` in float32, else a float32 copy moved there.
 
-    The caller's model is never moved: moving it would change the caller's object.
+    The caller's model is never moved or cast: that would change the caller's object. Models of
+    another floating dtype (float64, float16, bfloat16) are explained as a float32 copy, since
+    the engine feeds float32 slices (mixed precision is ``autocast_context``'s business).
     """
     tensors = list(model.parameters()) + list(model.buffers())
-    if all(t.device == device or (t.device.type == device.type and device.index is None) for t in tensors):
+    placed = all(t.device == device or (t.device.type == device.type and device.index is None) for t in tensors)
+    float32 = all(t.dtype == torch.float32 for t in tensors if t.is_floating_point())
+    if placed and float32:
         return model
-    return copy.deepcopy(model).to(device)
+    return copy.deepcopy(model).to(device=device, dtype=torch.float32)
 
 
 def _available_bytes(device: torch.device) -> int:

@@ -10,8 +10,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from seghirescam.cli.common import (VOLUME_FORMATS, add_engine_options, add_model_options, add_point_radius_option,
-                                    engine_options)
+from seghirescam.cli.common import (VOLUME_FORMATS, add_engine_options, add_input_options, add_model_options,
+                                    add_point_radius_option, engine_options, positive_int)
 from seghirescam.cohort.executors import EXECUTORS
 
 __all__ = ["register", "run"]
@@ -25,6 +25,7 @@ def register(commands: argparse._SubParsersAction) -> None:
                                  "against the manifest's folder. Finished cases are skipped on a re-run.")
     parser.add_argument("manifest", type=Path, help="the manifest CSV")
     parser.add_argument("--out", type=Path, required=True, help="output folder (one sub-folder per case)")
+    add_input_options(parser)
     add_model_options(parser)
     add_engine_options(parser)
     parser.add_argument("--label-names", type=Path, help="JSON {value: name} for segment names in the manifest")
@@ -36,7 +37,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--executor", default="local", choices=list(EXECUTORS),
                         help="; ".join(f"{key}: {text}" for key, text in EXECUTORS.items()))
     parser.add_argument("--scheduler", help="address of a running Dask scheduler (with --executor dask)")
-    parser.add_argument("--workers", type=int, help="with --executor dask: start a local Dask cluster of N "
+    parser.add_argument("--workers", type=positive_int, help="with --executor dask: start a local Dask cluster of N "
                         "single-threaded workers")
 
 
@@ -53,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
                              layers=tuple(args.layer) if args.layer else None, device=args.device,
                              batch_size=args.batch_size, normalize=args.normalize, extension=args.format,
                              map_dtype=args.map_dtype, figure=not args.no_figure, point_radius=args.point_radius,
-                             label_names=read_label_names(args.label_names) if args.label_names else None)
+                             label_names=read_label_names(args.label_names) if args.label_names else None,
+                             allow_irregular_slices=args.allow_irregular_slices)
     try:
         report = run_batch(args.manifest, args.out, settings, executor=args.executor, scheduler=args.scheduler,
                            workers=args.workers, progress=True)

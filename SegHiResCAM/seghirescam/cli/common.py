@@ -18,8 +18,9 @@ from seghirescam.cli.method_option import add_method_option
 if TYPE_CHECKING:
     from seghirescam.models.explainable import ExplainableModel
 
-__all__ = ["add_model_options", "add_engine_options", "add_point_radius_option", "add_out_options", "load_model_from_args",
-           "engine_options", "ProgressBar", "VOLUME_FORMATS"]
+__all__ = ["add_model_options", "add_engine_options", "add_point_radius_option", "add_input_options", "add_out_options",
+           "load_model_from_args", "engine_options", "point_ijk", "positive_int", "non_negative_int", "positive_float",
+           "ProgressBar", "VOLUME_FORMATS"]
 
 VOLUME_FORMATS = (".nrrd", ".nii.gz", ".mha")
 
@@ -35,6 +36,44 @@ def _batch_size(text: str) -> int | str:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer or 'auto', got {value}")
     return value
+
+
+def _number(kind: type, low: float, what: str):
+    """An argparse type: a ``kind`` (int or float) of at least ``low`` (``what`` says which, in the message)."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
+        return value
+
+    parse.__name__ = what  # argparse names the type in some messages
+    return parse
+
+
+positive_int = _number(int, 1, "a positive integer")
+non_negative_int = _number(int, 0, "an integer >= 0")
+positive_float = _number(float, 1e-9, "a positive number")
+
+
+def point_ijk(text: str) -> tuple[int, int, int]:
+    """argparse type of ``--point``: "I,J,K", three voxel indices of the CT (file order, as a viewer shows them).
+
+    Returns:
+        (i, j, k).
+
+    Raises:
+        argparse.ArgumentTypeError: Unless there are exactly three non-negative integers.
+    """
+    parts = [part.strip() for part in text.split(",")]
+    if len(parts) != 3 or not all(part.lstrip("-").isdigit() for part in parts):
+        raise argparse.ArgumentTypeError(f"expected three voxel indices I,J,K (e.g. 120,85,40), got {text!r}")
+    i, j, k = (int(part) for part in parts)
+    if min(i, j, k) < 0:
+        raise argparse.ArgumentTypeError(f"voxel indices I,J,K count from 0, got {text!r}")
+    return i, j, k
 
 
 def _fold(text: str) -> int | str:
@@ -81,6 +120,13 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
                         help=help_text(NORMALIZATIONS))
 
 
+def add_input_options(parser: argparse.ArgumentParser) -> None:
+    """``--allow-irregular-slices`` (DICOM series with missing or unevenly spaced slices)."""
+    parser.add_argument("--allow-irregular-slices", action="store_true",
+                        help="a DICOM series with missing or unevenly spaced slices is resampled (linear, along the "
+                        "slice normal) onto a uniform grid, with a warning, instead of refused")
+
+
 def add_out_options(parser: argparse.ArgumentParser) -> None:
     """``--out`` (a folder the run owns, ``ct.run_folder``) and ``--overwrite``."""
     parser.add_argument("--out", type=Path, required=True,
@@ -91,7 +137,7 @@ def add_out_options(parser: argparse.ArgumentParser) -> None:
 
 def add_point_radius_option(parser: argparse.ArgumentParser) -> None:
     """``--point-radius`` (default ``DEFAULT_POINT_RADIUS``)."""
-    parser.add_argument("--point-radius", type=int, default=DEFAULT_POINT_RADIUS,
+    parser.add_argument("--point-radius", type=non_negative_int, default=DEFAULT_POINT_RADIUS,
                         help=f"in-plane disc radius (pixels) around a point, on its own slice; 0: the voxel alone "
                         f"(default: {DEFAULT_POINT_RADIUS})")
 

@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from seghirescam.cam.vocabulary import FILE_PIXEL_SETS, PIXEL_SETS, help_text
-from seghirescam.cli.common import (VOLUME_FORMATS, ProgressBar, add_engine_options, add_model_options,
-                                    add_out_options, add_point_radius_option, engine_options, load_model_from_args)
+from seghirescam.cli.common import (VOLUME_FORMATS, ProgressBar, add_engine_options, add_input_options,
+                                    add_model_options, add_out_options, add_point_radius_option, engine_options,
+                                    load_model_from_args, point_ijk)
 
 if TYPE_CHECKING:
     from seghirescam.ct.cases import PreparedCase
@@ -33,9 +34,11 @@ def register(commands: argparse._SubParsersAction) -> None:
                         "segment's name; needed when the segment has no name)")
     parser.add_argument("--pixel-set", default="segment", choices=FILE_PIXEL_SETS,
                         help=help_text(PIXEL_SETS, FILE_PIXEL_SETS))
-    parser.add_argument("--point", help="I,J,K voxel index of the CT for --pixel-set point")
+    parser.add_argument("--point", type=point_ijk, metavar="I,J,K",
+                        help="voxel index of the CT (file order, from 0) for --pixel-set point")
     add_point_radius_option(parser)
     parser.add_argument("--format", default=".nrrd", choices=VOLUME_FORMATS, help="heatmap file format")
+    add_input_options(parser)
     add_model_options(parser)
     add_engine_options(parser)
 
@@ -83,11 +86,11 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     with RunFolder(args.out, overwrite=args.overwrite) as folder:
         model = load_model_from_args(args)
-        point = [int(v) for v in args.point.split(",")] if args.point else None
         case = prepare_case(args.ct, args.seg, model, label_values=args.label, segment_name=args.segment,
                             label_names=read_label_names(args.label_names) if args.label_names else None,
-                            target_class=args.target_class, pixel_set=args.pixel_set, point=point,
-                            point_radius=args.point_radius, device=args.device)
+                            target_class=args.target_class, pixel_set=args.pixel_set, point=args.point,
+                            point_radius=args.point_radius, device=args.device,
+                            allow_irregular_slices=args.allow_irregular_slices)
         record = explain_target(folder.staging, case, model, args.layer, engine_options(args), extension=args.format)
         summary = folder.publish({
             "ct": str(args.ct), "seg": str(args.seg), "segment": case.segment_name, "label_values": case.label_values,

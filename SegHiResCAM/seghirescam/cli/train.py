@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from seghirescam.cli.common import positive_float, positive_int
 from seghirescam.imaging.sample_data import real_ct_dir
 
 __all__ = ["register", "run"]
@@ -17,8 +18,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--data", type=Path, default=real_ct_dir(), help="folder of the shared real CT "
                         "(default: $SEGHIRESCAM_DATA/ct-abdomen-totalseg, else ../shared/data beside the checkout)")
     parser.add_argument("--no-real-ct", action="store_true", help="train on phantoms only")
-    parser.add_argument("--steps", type=int, default=1600, help="optimiser steps (reproducible with --seed)")
-    parser.add_argument("--max-minutes", type=float, default=20.0, help="stop early past this wall time")
+    parser.add_argument("--steps", type=positive_int, default=1600, help="optimiser steps (reproducible with --seed)")
+    parser.add_argument("--max-minutes", type=positive_float, default=20.0, help="stop early past this wall time")
     parser.add_argument("--seed", type=int, default=0, help="seeds the phantoms, the lesions, the crops and the "
                         "initial weights (default 0: the shipped model)")
 

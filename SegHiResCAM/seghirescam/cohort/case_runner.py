@@ -83,7 +83,8 @@ def _explain(row: CaseRow, settings: BatchSettings, loaded: ExplainableModel, fo
     case = prepare_case(row.ct, row.seg, loaded, label_values=row.label_values, segment_name=row.segment_name,
                         label_names=settings.label_names, target_class=row.target_class,
                         pixel_set="point" if row.point else "segment", point=row.point,
-                        point_radius=settings.point_radius, device=device)
+                        point_radius=settings.point_radius, device=device,
+                        allow_irregular_slices=settings.allow_irregular_slices)
     result = explain_ct(case.ct, case.mask, loaded, case.target_class, layers=settings.layers,
                         methods=settings.methods, device=device, batch_size=settings.batch_size,
                         normalize=settings.normalize, progress=progress, map_dtype=np.dtype(settings.map_dtype))

@@ -11,6 +11,7 @@ from the worker's name (LocalCluster names workers 0, 1, ...; ``dask worker --na
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import re
@@ -69,6 +70,22 @@ def dask_case(job: BatchJob, row: CaseRow) -> dict:
     return process_one(job, row)
 
 
+@contextlib.contextmanager
+def _quiet_dask_logs() -> Iterator[None]:
+    """Keep Dask's INFO lines (scheduler and workers starting, ~35 of them) out of the progress bars,
+    unless this process logs at INFO itself (``seghirescam -v``); warnings still show."""
+    loggers = [logging.getLogger(name) for name in ("distributed", "dask")]
+    levels = [log.level for log in loggers]
+    if logging.getLogger().getEffectiveLevel() > logging.INFO:
+        for log in loggers:
+            log.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for log, level in zip(loggers, levels):
+            log.setLevel(level)
+
+
 def run_on_dask(rows: Sequence[CaseRow], job: BatchJob, *, scheduler: str | None = None,
                 workers: int | None = None) -> Iterator[tuple[CaseRow, dict | BaseException]]:
     """An executor for ``loop.run_cases``: the cases as Dask tasks, yielded as each completes.
@@ -91,10 +108,18 @@ def run_on_dask(rows: Sequence[CaseRow], job: BatchJob, *, scheduler: str | None
     Raises:
         ImportError: If dask.distributed is not installed (``pip install "dask[distributed]"``).
     """
+    with _quiet_dask_logs():
+        yield from _cases_on_dask(rows, job, scheduler, workers)
+
+
+def _cases_on_dask(rows: Sequence[CaseRow], job: BatchJob, scheduler: str | None,
+                   workers: int | None) -> Iterator[tuple[CaseRow, dict | BaseException]]:
+    """``run_on_dask``'s work: submit every case, yield outcomes as they complete, clean up."""
     try:
         from distributed import Client, LocalCluster, as_completed
     except ImportError as error:
         raise ImportError('--executor dask needs dask.distributed: pip install "dask[distributed]"') from error
+
     cluster = None
     if scheduler is None:
         cluster = LocalCluster(n_workers=int(workers or 1), threads_per_worker=1, processes=True,

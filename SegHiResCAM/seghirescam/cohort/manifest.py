@@ -92,12 +92,23 @@ def read_manifest(path: str | os.PathLike) -> list[CaseRow]:
 
     Raises:
         FileNotFoundError: If the manifest does not exist.
-        ManifestError: For missing or unknown columns, empty required fields, bad case ids,
-            duplicate case ids, unparsable segment or point; all problems are listed.
+        ManifestError: For a file that is not UTF-8 CSV text, missing or unknown columns, empty
+            required fields, bad case ids, duplicate case ids, unparsable segment or point; all
+            problems are listed.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"manifest not found: {path}")
+    try:
+        return _read_rows(path)
+    except UnicodeDecodeError as error:
+        raise ManifestError(f"{path} is not a UTF-8 CSV text file (byte {error.start} is not UTF-8: a binary file, "
+                            f"or a spreadsheet not saved as CSV?)") from None
+    except csv.Error as error:
+        raise ManifestError(f"{path} is not a readable CSV file: {error}") from None
+
+
+def _read_rows(path: Path) -> list[CaseRow]:
     folder = path.resolve().parent
     with path.open(newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle)

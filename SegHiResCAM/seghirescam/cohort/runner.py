@@ -117,7 +117,7 @@ def run_batch(manifest: str | os.PathLike | Sequence[CaseRow], out: str | os.Pat
 
     Raises:
         FileNotFoundError: If the manifest or the model is missing (before any work).
-        CardError: If the model cannot be loaded (local executor: it is loaded once, before any case).
+        CardError: If the model cannot be loaded (it is loaded and checked once, before any case).
         ManifestError: For bad manifest rows (before any work).
         ManifestError: For case ids that would write onto the run's own files or each other's
             (``RUN_FILES``; names compared without regard to case), before any work.
@@ -134,15 +134,16 @@ def run_batch(manifest: str | os.PathLike | Sequence[CaseRow], out: str | os.Pat
     rows = read_manifest(manifest) if isinstance(manifest, (str, os.PathLike)) else list(manifest)
     check_output_names(rows, RUN_FILES)
     settings = with_model_digest(settings)
+    loaded = settings.load_model()  # loaded and checked once, before any case or folder: a bad model is one error
     out = check_writable_folder(out)
     _recover(out)
     if executor == "dask":
         from seghirescam.cohort.dask_executor import run_on_dask
 
-        job = BatchJob(settings, out)  # each worker loads the model once
+        job, loaded = BatchJob(settings, out), None  # each worker loads the model once
         execute = functools.partial(run_on_dask, scheduler=scheduler, workers=workers)
     else:
-        job = BatchJob(settings, out, settings.load_model(), slice_bars=progress)  # the model, once per run
+        job = BatchJob(settings, out, loaded, slice_bars=progress)
         execute = run_locally
     finished: dict[str, dict] = {}
     try:

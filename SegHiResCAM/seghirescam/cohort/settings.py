@@ -31,6 +31,8 @@ class BatchSettings:
         figure: Whether to write the PNG panel.
         label_names: Label value -> name for segment names (None: the card's classes).
         point_radius: In-plane disc radius (pixels) around a manifest point (``DEFAULT_POINT_RADIUS``).
+        allow_irregular_slices: Resample DICOM series with missing or uneven slices onto a uniform
+            grid instead of failing the case (``imaging.dicom_series``).
         model_sha256: Digest of weights and card (filled in by ``run_batch``).
     """
 
@@ -49,6 +51,7 @@ class BatchSettings:
     figure: bool = True
     label_names: dict[int, str] | None = field(default=None, hash=False)
     point_radius: int = DEFAULT_POINT_RADIUS
+    allow_irregular_slices: bool = False
     model_sha256: str = ""
 
     def model_path(self) -> Path:
@@ -72,5 +75,7 @@ class BatchSettings:
         data = dataclasses.asdict(self)
         for name in ("device", "batch_size", "model", "card", "model_sha256"):
             data.pop(name)
+        if not self.allow_irregular_slices:
+            data.pop("allow_irregular_slices")  # keys of earlier runs stay valid
         data["label_names"] = sorted((int(k), v) for k, v in (self.label_names or {}).items())
         return data

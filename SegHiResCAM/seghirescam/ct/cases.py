@@ -146,7 +146,7 @@ def prepare_case(ct_path: str | os.PathLike, seg_path: str | os.PathLike, model:
                  label_names: dict[int, str] | None = None, target_class: str | int | None = None,
                  pixel_set: str = "segment", point: Sequence[int] | None = None,
                  point_radius: int = DEFAULT_POINT_RADIUS,
-                 device: str = "auto") -> PreparedCase:
+                 device: str = "auto", allow_irregular_slices: bool = False) -> PreparedCase:
     """Read a CT and its label file and build everything an explanation needs.
 
     Args:
@@ -162,20 +162,23 @@ def prepare_case(ct_path: str | os.PathLike, seg_path: str | os.PathLike, model:
         point: (i, j, k) voxel index of the CT, for pixel set "point".
         point_radius: In-plane disc radius (pixels) around the point (``DEFAULT_POINT_RADIUS``).
         device: Device for pixel set "prediction".
+        allow_irregular_slices: Resample a DICOM series with missing or unevenly spaced slices onto
+            a uniform grid instead of refusing it (``imaging.dicom_series``).
 
     Returns:
         The prepared case.
 
     Raises:
         FileNotFoundError: If a file is missing.
-        ValueError: If a file cannot be read, the two grids do not overlap, the segment is
+        ValueError: If a file cannot be read or is corrupt (``imaging.integrity``), the two grids do not overlap, the segment is
             unknown or empty on the CT's grid, the point is missing or outside, or the model
             predicts none of the class.
     """
     if pixel_set not in PIXEL_SETS:
         raise ValueError(f"pixel set must be one of {PIXEL_SETS}, got {pixel_set!r}")
-    ct = read_volume(ct_path)
-    labels = resample_labels_onto(read_volume(seg_path), ct.geometry, ct.array.shape)
+    ct = read_volume(ct_path, allow_irregular_slices=allow_irregular_slices)
+    labels = resample_labels_onto(read_volume(seg_path, allow_irregular_slices=allow_irregular_slices), ct.geometry,
+                                  ct.array.shape)
     names = label_names if label_names is not None else label_names_in_file(seg_path)
     values, name = resolve_segment(names, label_values, segment_name)
     segment = np.isin(labels, values)
@@ -197,6 +200,10 @@ def prepare_case(ct_path: str | os.PathLike, seg_path: str | os.PathLike, model:
         if point is None:
             raise ValueError("--pixel-set point needs --point I,J,K")
         i, j, k = (int(v) for v in point)
+        size_ijk = ct.array.shape[::-1]
+        if not all(0 <= v < n for v, n in zip((i, j, k), size_ijk)):
+            raise ValueError(f"point I,J,K = {i},{j},{k} lies outside the CT {ct_path}, whose voxel indices I,J,K run "
+                             f"0..{size_ijk[0] - 1}, 0..{size_ijk[1] - 1}, 0..{size_ijk[2] - 1}")
         mask = pixel_set_from_points(ct.array.shape, [(k, j, i)], radius=point_radius, axis=axial_axis(ct.geometry))
     mask_name = {"segment": name, "prediction": "prediction"}.get(pixel_set) or f"point {','.join(map(str, point))}"
     return PreparedCase(ct, segment, mask, name, values, c, model.class_names[c], mask_name)

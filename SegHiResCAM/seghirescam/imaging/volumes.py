@@ -14,7 +14,9 @@ import numpy as np
 import SimpleITK as sitk
 
 from seghirescam.atomic import atomic_path
+from seghirescam.imaging.dicom_series import read_dicom_series
 from seghirescam.imaging.geometry import Geometry
+from seghirescam.imaging.integrity import check_image_file, nonfinite_error
 
 __all__ = ["Volume", "SliceOrientation", "read_volume", "write_volume", "axial_axis",
            "physical_bounds", "same_grid", "resample_labels_onto"]
@@ -60,40 +62,54 @@ class Volume:
         return cls(sitk.GetArrayFromImage(image), geometry)
 
 
-def _read_dicom_folder(folder: Path) -> sitk.Image:
-    series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)) or ()
-    if not series_ids:
-        raise ValueError(f"{folder} is a folder but holds no DICOM series")
-    files = max((sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), sid) for sid in series_ids), key=len)
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(files)
-    return reader.Execute()
+def _refuse_nonfinite(volume: Volume, path: Path) -> None:
+    """NaN/Inf voxels that survived the reader (NRRD, MHA, DICOM; NIfTI is checked before reading)."""
+    if volume.array.dtype.kind == "f":
+        bad = int(np.count_nonzero(~np.isfinite(volume.array)))
+        if bad:
+            raise nonfinite_error(path, bad, volume.array.dtype)
 
 
-def read_volume(path: str | os.PathLike) -> Volume:
+def read_volume(path: str | os.PathLike, *, allow_irregular_slices: bool = False) -> Volume:
     """Read a 3D scalar volume from any file SimpleITK reads, or from a DICOM series folder.
+
+    Files are checked before reading (``imaging.integrity``): truncated or damaged NIfTI/NRRD
+    files and float data with NaN/Inf are refused, never read with zeros in their place.
 
     Args:
         path: An image file (NIfTI, NRRD, MHA, ...) or a DICOM folder (its largest series is read).
+        allow_irregular_slices: A DICOM series with missing or unevenly spaced slices is resampled
+            onto a uniform grid (with a warning) instead of refused (``imaging.dicom_series``).
 
     Returns:
         The volume.
 
     Raises:
         FileNotFoundError: If ``path`` does not exist.
+        CorruptImageError: A truncated or damaged file, or NaN/infinite voxels (a ValueError).
+        IrregularSlicesError: A DICOM series with repeated slices, or uneven gaps without
+            ``allow_irregular_slices`` (a ValueError).
         ValueError: If it cannot be read, holds no DICOM, is not 3D or has vector pixels.
     """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no such file or folder: {path}")
     try:
-        image = _read_dicom_folder(path) if path.is_dir() else sitk.ReadImage(str(path))
+        if path.is_dir():
+            image = read_dicom_series(path, allow_irregular_slices=allow_irregular_slices)
+        else:
+            check_image_file(path)
+            image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
         raise ValueError(f"could not read an image from {path}: {exc}") from exc
+    except OSError as exc:
+        raise ValueError(f"could not read {path}: {exc}") from exc
     try:
-        return Volume.from_sitk(image)
+        volume = Volume.from_sitk(image)
     except ValueError as exc:
         raise ValueError(f"{path}: {exc}") from exc
+    _refuse_nonfinite(volume, path)
+    return volume
 
 
 def _extension(path: Path) -> str:

@@ -152,16 +152,36 @@ class ModelCard:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> ModelCard:
-        """Read a card file. Raises FileNotFoundError or CardError naming the path."""
+        """Read a card file.
+
+        Raises:
+            FileNotFoundError: If it is missing.
+            CardError: Naming the path and the cause: not UTF-8 text (e.g. a binary file), not JSON,
+                not a JSON object, or fields of the wrong kind.
+        """
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"model card not found: {path}")
         try:
-            return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
-        except (json.JSONDecodeError, TypeError) as error:
-            raise CardError(f"model card {path} is not valid: {error}") from error
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as error:
+            raise CardError(f"model card {path} is not a JSON text file (byte {error.start} is not UTF-8: a binary "
+                            f"file?)") from None
+        except OSError as error:
+            raise CardError(f"model card {path} cannot be read: {error}") from error
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise CardError(f"model card {path} is not valid JSON: {error}") from None
+        if not isinstance(data, dict):
+            raise CardError(f"model card {path} must be a JSON object, not a {type(data).__name__}")
+        try:
+            return cls.from_dict(data)
         except CardError as error:
             raise CardError(f"{path}: {error}") from None
+        except (TypeError, ValueError, KeyError, AttributeError, IndexError) as error:
+            raise CardError(f"model card {path} has a field of the wrong kind: {type(error).__name__}: {error}") \
+                from None
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the card atomically (``seghirescam.atomic``)."""

@@ -69,7 +69,7 @@ def resolve_target_class(classes: Sequence[str], target_class: int | str | None,
         if not segment_name:
             raise ValueError(f"choose a target class ({', '.join(classes)}) or a segment whose name names one")
         return match(segment_name)
-    if isinstance(target_class, str) and not target_class.strip().isdigit():
+    if isinstance(target_class, str) and not re.fullmatch(r"[+-]?\d+", target_class.strip()):
         return match(target_class)
     index = int(target_class)
     if not 0 <= index < len(classes):

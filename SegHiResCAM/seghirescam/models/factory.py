@@ -67,13 +67,6 @@ def import_factory(factory: str) -> Callable[..., nn.Module]:
     return function
 
 
-def _read_weights(path: Path) -> dict[str, torch.Tensor]:
-    """A state dict from ``.safetensors`` or a weights-only ``.pt``/``.pth`` (``models.weights``)."""
-    if path.is_file() and path.suffix.lower() not in (".safetensors", ".pt", ".pth"):
-        raise FactoryError(f"unsupported weights file {path.name}: use .safetensors or a .pt/.pth state dict")
-    return read_state_dict(path, FactoryError)
-
-
 def _load_state(network: nn.Module, state: dict[str, torch.Tensor], path: Path, factory: str) -> None:
     mismatch = state_dict_mismatch(network, state)
     if mismatch:
@@ -132,7 +125,7 @@ def load_factory_model(factory: str, weights: str | os.PathLike,
         raise FactoryError(f"factory {factory!r} builds a {dims}D network; only 2D (slice by slice) and 3D "
                            "(sliding window) networks can be explained")
     window = _window_for_3d(card, factory) if dims == 3 else None
-    _load_state(network, _read_weights(weights), weights, factory)
+    _load_state(network, read_state_dict(weights, FactoryError), weights, factory)
     network.eval()
     if window is None:
         spatial = (max(card.size_multiple, 16),) * 2

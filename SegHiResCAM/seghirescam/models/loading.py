@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import os
 from importlib import resources
-import pickle
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +19,7 @@ from seghirescam.atomic import atomic_path
 from seghirescam.cam.layers import default_layers
 from seghirescam.models.card import CardError, ModelCard
 from seghirescam.models.unet import UNet2D, head_input_layers
-from seghirescam.models.weights import read_state_dict, state_dict_mismatch
+from seghirescam.models.weights import describe_format, read_state_dict, sniff_model_file, state_dict_mismatch
 
 __all__ = ["CardModelMixin", "LoadedModel", "load_model", "load_default_model", "save_model", "default_model_path",
            "card_path_for", "build_unet", "unet_card"]
@@ -166,70 +164,56 @@ def _check_io(model: nn.Module, card: ModelCard, path: Path, spatial: tuple[int,
                         f"(expected (1, {card.num_classes}, {axes}))")
 
 
-def _is_zip_pickle(path: Path) -> bool:
-    """True if a torch.save file holds pickled code objects rather than a plain tensor dict."""
+def _load_torchscript(path: Path, card: ModelCard) -> nn.Module:
+    """A TorchScript archive (compiled code of the file's author, run by TorchScript, never unpickled)."""
     try:
-        torch.load(path, map_location="cpu", weights_only=True)
-        return False
-    except pickle.UnpicklingError:
-        return True
+        model = torch.jit.load(str(path), map_location="cpu")
+    except Exception as error:  # noqa: BLE001 - torch raises RuntimeError and its own types
+        raise CardError(f"{path} cannot be read as TorchScript (truncated or damaged?): {error}") from error
+    if card.architecture["type"] == "UNet2D":
+        # Python hooks cannot run inside compiled code: rebuild the U-Net from its weights.
+        return _unet_from_state(dict(model.state_dict()), card, path)
+    return model
 
 
 def load_model(path: str | os.PathLike, card: ModelCard | str | os.PathLike | None = None) -> LoadedModel:
     """Load a model file with its card, validating one against the other.
 
-    Supported: ``.safetensors`` (the project's U-Net), ``.pt``/``.pth`` holding a state dict
-    (read with ``torch.load(weights_only=True)``), and TorchScript (``.ts``, ``.torchscript``,
-    or a ``.pt`` that ``torch.jit.load`` reads). A TorchScript file whose card says "UNet2D"
+    The format is sniffed from the file's bytes, not its name (``models.weights.sniff_model_file``):
+    safetensors (the project's U-Net), a ``torch.save`` state dict (read with
+    ``torch.load(weights_only=True)``) or TorchScript. A TorchScript file whose card says "UNet2D"
     becomes a ``UNet2D`` with its weights, so its layers can be hooked and explained; other
     TorchScript models can segment but not be explained (compiled code runs no Python hooks).
+    Weights of another floating dtype (float64, float16, bfloat16) are loaded as float32.
 
     Args:
         path: The weights file.
         card: A card, a card path, or None for ``card_path_for(path)``.
 
     Returns:
-        The model in eval mode on the CPU, with its card.
+        The model in eval mode on the CPU, in float32, with its card.
 
     Raises:
         FileNotFoundError: If the weights or card file is missing.
-        CardError: If the card is malformed, or the weights or the model's input/output
-            channels disagree with it, or the file is a pickled whole model.
+        CardError: One message naming the file and the cause: a malformed card; an empty, truncated,
+            damaged or unknown model file; a pickled whole model (refused: loading it could run
+            arbitrary code); weights or input/output channels that disagree with the card.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model file not found: {path}")
     card = card if isinstance(card, ModelCard) else ModelCard.load(card or card_path_for(path))
-    suffix = path.suffix.lower()
-    if suffix == ".safetensors":
-        model = _unet_from_state(read_state_dict(path, CardError), card, path)  # unreadable file: CardError
-    elif suffix in (".ts", ".torchscript") or (suffix in (".pt", ".pth") and _is_torchscript(path)):
-        model = torch.jit.load(str(path), map_location="cpu")
-        if card.architecture["type"] == "UNet2D":
-            # Python hooks cannot run inside compiled code: rebuild the U-Net from its weights.
-            model = _unet_from_state(dict(model.state_dict()), card, path)
-    elif suffix in (".pt", ".pth"):
-        if _is_zip_pickle(path):
-            raise CardError(f"{path.name} is a pickled Python object (e.g. a whole model saved with torch.save(model)); "
-                            "loading it could run arbitrary code, so it is refused. Save the weights instead: "
-                            "torch.save(model.state_dict(), path), or export TorchScript or safetensors.")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-            raise CardError(f"{path.name} does not hold a state dict of tensors")
-        model = _unet_from_state(state, card, path)
+    kind = sniff_model_file(path)
+    if kind == "torchscript":
+        model = _load_torchscript(path, card)
+    elif kind in ("safetensors", "torch-zip", "pickle"):
+        model = _unet_from_state(read_state_dict(path, CardError), card, path)
     else:
-        raise CardError(f"unsupported model file {path.name}: use .safetensors, a .pt/.pth state dict, or TorchScript")
-    model.eval()
+        raise CardError(f"{path} cannot be loaded: it is {describe_format(path, kind)}; SegHiResCAM loads "
+                        "safetensors, a torch.save state dict, or TorchScript")
+    model = model.float().eval()  # weights of another floating dtype: explained in float32
     _check_io(model, card, path)
     return LoadedModel(model, card, path)
-
-
-def _is_torchscript(path: Path) -> bool:
-    try:
-        with zipfile.ZipFile(path) as archive:
-            return any(name.endswith("constants.pkl") or "/code/" in name for name in archive.namelist())
-    except zipfile.BadZipFile:
-        return False
 
 
 def _unet_from_state(state: dict[str, torch.Tensor], card: ModelCard, path: Path) -> UNet2D:
