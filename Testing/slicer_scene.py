@@ -15,6 +15,8 @@ import numpy as np
 import slicer
 import vtk
 
+from seghirescam.mrml.sample_data import name_segments_by_label as rename_segments  # one rule: name by label value
+
 __all__ = ["HeadlessSlicer", "make_headless_slicer", "volume_from_array", "segmentation_from_labels",
            "node_checksum", "read_mrb", "rename_segments"]
 
@@ -86,15 +88,6 @@ def segmentation_from_labels(scene: slicer.vtkMRMLScene, labels_kji: np.ndarray,
     return segmentation
 
 
-def rename_segments(segmentation: slicer.vtkMRMLSegmentationNode, names: dict[int, str]) -> None:
-    """Name each segment after its label value (segments whose value is not in ``names`` keep theirs)."""
-    seg = segmentation.GetSegmentation()
-    for n in range(seg.GetNumberOfSegments()):
-        segment = seg.GetNthSegment(n)
-        if segment.GetLabelValue() in names:
-            segment.SetName(names[segment.GetLabelValue()])
-
-
 def node_checksum(node: slicer.vtkMRMLNode, segment_id: str | None = None) -> str:
     """A digest of a node's voxels and matrices (volume) or one segment's binary labelmap (segmentation)."""
     digest = hashlib.sha256()
@@ -117,9 +110,11 @@ def node_checksum(node: slicer.vtkMRMLNode, segment_id: str | None = None) -> st
     return digest.hexdigest()
 
 
-def read_mrb(path: Path, cache: Path) -> slicer.vtkMRMLScene:
-    """Read a scene bundle into a new scene (with the cache and data I/O managers reading needs)."""
-    scene = slicer.vtkMRMLScene()
+def read_mrb(path: Path, cache: Path, scene: slicer.vtkMRMLScene | None = None) -> slicer.vtkMRMLScene:
+    """Read a scene bundle into ``scene`` (default: a new bare scene), with the cache and data I/O managers reading
+    needs. Markups and segmentations need a scene whose module logics registered their node classes
+    (``make_headless_slicer().scene``)."""
+    scene = scene if scene is not None else slicer.vtkMRMLScene()
     cache_manager = slicer.vtkCacheManager()
     cache_manager.SetRemoteCacheDirectory(str(cache))
     scene.SetCacheManager(cache_manager)

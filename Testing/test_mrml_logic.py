@@ -180,7 +180,7 @@ def test_cancel_midway_leaves_the_scene_unchanged(real, model):
 def test_an_error_while_creating_nodes_leaves_the_scene_unchanged(real, model, monkeypatch):
     import seghirescam.mrml.logic as mrml
 
-    def broken(node, color_node):
+    def broken(node, color_node, **options):
         raise RuntimeError("display failed")
 
     monkeypatch.setattr(mrml, "setup_heatmap_display", broken)

@@ -40,7 +40,7 @@ class PlotStyle:
         return {"color": self.colour, "linestyle": self.line_style}
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True)  # no kw_only: Python 3.9 (Slicer 5.8) lacks it
 class MethodInfo:
     """A CAM method as the rest of the package sees it.
 

@@ -45,7 +45,7 @@ Combine = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 ModelPass = Callable[[LayerContext], torch.Tensor]
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True)  # no kw_only: Python 3.9 (Slicer 5.8) lacks it
 class CAMMethod(MethodInfo):
     """A CAM method: its metadata (``MethodInfo``: key, display_name, short_title, style, citation,
     description; ``name`` is the key) and its formula.

@@ -6,16 +6,18 @@ The names users choose pixel sets by (``PIXEL_SETS``) live in ``seghirescam.cam.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import nn
 
-from seghirescam.cam.inference import predict_volume
 from seghirescam.cam.vocabulary import DEFAULT_POINT_RADIUS, FILE_PIXEL_SETS, PIXEL_SETS
 
 __all__ = ["pixel_set_from_labels", "pixel_set_from_prediction", "pixel_set_whole_slices", "pixel_set_from_points",
            "DEFAULT_POINT_RADIUS", "PIXEL_SETS", "FILE_PIXEL_SETS"]
+
+if TYPE_CHECKING:  # torch only for the prediction pixel set: the other builders serve the Slicer GUI without torch
+    import torch
+    from torch import nn
 
 """The default M around a point: an in-plane disc of this radius in pixels, on the point's own slice
 (2: the point and its 12 nearest pixels, 13 in all; 0 would be the single voxel). Used for a
@@ -55,6 +57,8 @@ def pixel_set_from_prediction(model: nn.Module, volume: np.ndarray, target_class
     Returns:
         Bool array of the volume's shape.
     """
+    from seghirescam.cam.inference import predict_volume
+
     return predict_volume(model, volume, axis=axis, preprocess=preprocess, device=device,
                           batch_size=batch_size) == target_class
 

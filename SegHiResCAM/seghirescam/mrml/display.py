@@ -11,7 +11,7 @@ import logging
 import slicer
 
 __all__ = ["INFERNO_TABLE_NAME", "inferno_rgb", "heatmap_color_node", "setup_heatmap_display", "show_in_slice_views",
-           "DISPLAY_THRESHOLD"]
+           "DISPLAY_THRESHOLD", "display_maximum", "set_threshold_fraction", "add_legend"]
 
 logger = logging.getLogger(__name__)
 
@@ -71,15 +71,17 @@ def heatmap_color_node(scene: slicer.vtkMRMLScene) -> slicer.vtkMRMLColorNode:
 
 
 def setup_heatmap_display(node: slicer.vtkMRMLScalarVolumeNode, color_node: slicer.vtkMRMLColorNode, *,
-                          threshold: float = DISPLAY_THRESHOLD,
-                          opacity: float = 1.0) -> slicer.vtkMRMLScalarVolumeDisplayNode:
-    """Colour a normalized (0..1) heatmap: window 0..1, values below ``threshold`` transparent.
+                          threshold: float = DISPLAY_THRESHOLD, opacity: float = 1.0,
+                          raw: bool = False) -> slicer.vtkMRMLScalarVolumeDisplayNode:
+    """Colour a heatmap: window 0..1 for normalized maps, 0..max for raw values; low values transparent.
 
     Args:
         node: The heatmap volume (its display node is created if missing).
         color_node: From ``heatmap_color_node``.
-        threshold: Lower display threshold (0..1).
+        threshold: Lower display threshold as a fraction of the window's top (0..1).
         opacity: Display node opacity; the slice-view foreground opacity is set separately.
+        raw: The map holds raw CAM values (normalisation "none"): the window spans 0..its maximum
+            instead of a fixed 0..1 (which would saturate every value above 1).
 
     Returns:
         The display node.
@@ -87,17 +89,32 @@ def setup_heatmap_display(node: slicer.vtkMRMLScalarVolumeNode, color_node: slic
     if node.GetDisplayNode() is None:
         node.CreateDefaultDisplayNodes()
     display = node.GetDisplayNode()
+    top = display_maximum(node) if raw else 1.0
     with_modify = display.StartModify()
     display.SetAndObserveColorNodeID(color_node.GetID())
     display.AutoWindowLevelOff()
-    display.SetWindowLevelMinMax(0.0, 1.0)
+    display.SetWindowLevelMinMax(0.0, top)
     display.AutoThresholdOff()
     display.ApplyThresholdOn()
-    display.SetThreshold(float(threshold), 1.0e6)
+    display.SetThreshold(float(threshold) * top, 1.0e30)
     display.SetOpacity(float(opacity))
     display.SetInterpolate(True)
     display.EndModify(with_modify)
     return display
+
+
+def display_maximum(node: slicer.vtkMRMLScalarVolumeNode) -> float:
+    """Returns: the largest value of a heatmap (1.0 for an all-zero or empty map, so a window is never empty)."""
+    image = node.GetImageData()
+    top = image.GetScalarRange()[1] if image is not None else 0.0
+    return float(top) if top > 0 else 1.0
+
+
+def set_threshold_fraction(node: slicer.vtkMRMLScalarVolumeNode, fraction: float) -> None:
+    """Hide values below ``fraction`` (0..1) of the displayed window's top, for normalized and raw maps alike."""
+    display = node.GetDisplayNode()
+    if display is not None:
+        display.SetThreshold(float(fraction) * display.GetWindowLevelMax(), 1.0e30)
 
 
 def show_in_slice_views(scene: slicer.vtkMRMLScene, background: slicer.vtkMRMLVolumeNode,
@@ -142,6 +159,7 @@ def add_legend(node: slicer.vtkMRMLDisplayableNode, color_logic=None) -> object 
         return None
     legend = color_logic.AddDefaultColorLegendDisplayNode(node)
     if legend is not None:
-        legend.SetTitleText("CAM (normalized)")
+        raw = node.GetAttribute("SegHiResCAM.Normalize") == "none"
+        legend.SetTitleText("CAM (raw values)" if raw else "CAM (normalized)")
         legend.SetVisibility(True)
     return legend

@@ -78,7 +78,8 @@ def segment_mask(scene: slicer.vtkMRMLScene, segmentation_node: slicer.vtkMRMLSe
 
     Args:
         scene: The scene of both nodes; a temporary labelmap is added and removed again.
-        segmentation_node: The segmentation (not modified).
+        segmentation_node: The segmentation (not modified: a segmentation without a labelmap
+            representation is converted on a temporary copy).
         segment_id: The segment's ID.
         reference: The volume whose grid the mask takes.
 
@@ -93,10 +94,20 @@ def segment_mask(scene: slicer.vtkMRMLScene, segmentation_node: slicer.vtkMRMLSe
         raise ValueError(f"segment {segment_id!r} is not in the segmentation: choose a segment")
     before = node_ids(scene)
     try:
+        source = segmentation_node
+        labelmap_name = slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName()
+        if not segmentation_node.GetSegmentation().ContainsRepresentation(labelmap_name):
+            # Exporting would add a labelmap representation to the user's segmentation (e.g. one that has only
+            # closed surfaces): convert a temporary copy of the segment instead, the input stays as it was.
+            source = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "SegHiResCAM temporary segmentation")
+            source.SetAndObserveTransformNodeID(segmentation_node.GetTransformNodeID())
+            if not source.GetSegmentation().CopySegmentFromSegmentation(segmentation_node.GetSegmentation(),
+                                                                        segment_id):
+                raise RuntimeError(f"copying segment {segment_id!r} for conversion failed")
         temporary = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "SegHiResCAM temporary mask")
         ids = vtk.vtkStringArray()
         ids.InsertNextValue(segment_id)
-        if not slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(segmentation_node, ids, temporary,
+        if not slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(source, ids, temporary,
                                                                                        reference):
             raise RuntimeError(f"exporting segment {segment_id!r} onto the CT's grid failed")
         mask = slicer.util.arrayFromVolume(temporary) > 0
