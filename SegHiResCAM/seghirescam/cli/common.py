@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from seghirescam.cam.method_info import DEFAULT_METHOD_KEYS
-from seghirescam.cam.vocabulary import DEFAULT_NORMALIZATION, DEFAULT_POINT_RADIUS, NORMALIZATIONS, help_text
+from seghirescam.cam.vocabulary import (DEFAULT_NORMALIZATION, DEFAULT_POINT_RADIUS, DEFAULT_PRECISION, NORMALIZATIONS,
+                                        PRECISIONS, help_text)
 from seghirescam.cli.method_option import add_method_option
 
 if TYPE_CHECKING:
@@ -69,7 +70,7 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
 
 
 def add_engine_options(parser: argparse.ArgumentParser) -> None:
-    """``--method``, ``--layer``, ``--device``, ``--batch-size``, ``--normalize``."""
+    """``--method``, ``--layer``, ``--device``, ``--batch-size``, ``--normalize``, ``--precision``."""
     add_method_option(parser, default=DEFAULT_METHOD_KEYS)
     parser.add_argument("--layer", action="append", help="layer to explain, repeatable; default: the model's "
                         "default layer (the U-Net's bottleneck, nnU-Net's deepest encoder stage)")
@@ -78,6 +79,8 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
                         help="slices per batch, or auto (default: auto)")
     parser.add_argument("--normalize", default=DEFAULT_NORMALIZATION, choices=list(NORMALIZATIONS),
                         help=help_text(NORMALIZATIONS))
+    parser.add_argument("--precision", default=DEFAULT_PRECISION, choices=list(PRECISIONS),
+                        help=help_text(PRECISIONS) + f" (default: {DEFAULT_PRECISION})")
 
 
 def add_point_radius_option(parser: argparse.ArgumentParser) -> None:
@@ -105,8 +108,11 @@ def load_model_from_args(args: argparse.Namespace) -> ExplainableModel:
 
 def engine_options(args: argparse.Namespace) -> dict:
     """Keyword arguments of ``ExplainableModel.explain_ct`` from the engine options."""
-    return {"methods": tuple(args.method or DEFAULT_METHOD_KEYS), "device": args.device,
-            "batch_size": args.batch_size, "normalize": args.normalize}
+    options = {"methods": tuple(args.method or DEFAULT_METHOD_KEYS), "device": args.device,
+               "batch_size": args.batch_size, "normalize": args.normalize}
+    if args.precision != DEFAULT_PRECISION:
+        options["autocast"] = args.precision
+    return options
 
 
 class ProgressBar:

@@ -26,6 +26,7 @@ import numpy as np
 from tqdm import tqdm
 
 from seghirescam.atomic import write_json_atomic
+from seghirescam.cam.vocabulary import DEFAULT_PRECISION
 from seghirescam.cohort.loop import process_one
 from seghirescam.cohort.manifest import CaseRow
 from seghirescam.cohort.resume import RECORD_FORMAT, RECORD_NAME, case_key, read_record
@@ -77,7 +78,8 @@ def _explain(row: CaseRow, settings: BatchSettings, loaded: ExplainableModel, fo
                         point_radius=settings.point_radius, device=device)
     result = explain_ct(case.ct, case.mask, loaded, case.target_class, layers=settings.layers,
                         methods=settings.methods, device=device, batch_size=settings.batch_size,
-                        normalize=settings.normalize, progress=progress, map_dtype=np.dtype(settings.map_dtype))
+                        normalize=settings.normalize, progress=progress, map_dtype=np.dtype(settings.map_dtype),
+                        autocast=None if settings.precision == DEFAULT_PRECISION else settings.precision)
     target, shape = re.sub(r"[^A-Za-z0-9._-]+", "_", case.segment_name), list(case.ct.array.shape)
     written = write_case_outputs(folder, case, result, target, extension=settings.extension,
                                  figure=settings.figure)

@@ -40,7 +40,7 @@ def explain_slicewise(ct: Volume, mask: np.ndarray, loaded: LoadedModel, target_
                layers: Sequence[str] | None = None, methods: Sequence[str | CAMMethod] = DEFAULT_METHODS,
                device: str = "auto", batch_size: int | str = "auto", normalize: str = DEFAULT_NORMALIZATION,
                progress: Callable[[int, int], None] | None = None, cancel: Callable[[], bool] | None = None,
-               map_dtype: np.dtype | type = np.float32) -> ExplanationResult:
+               map_dtype: np.dtype | type = np.float32, autocast: str | None = None) -> ExplanationResult:
     """Explain a CT slice by slice along its axial axis, whatever its direction matrix.
 
     Args:
@@ -49,7 +49,7 @@ def explain_slicewise(ct: Volume, mask: np.ndarray, loaded: LoadedModel, target_
         loaded: Model and card (the card gives preprocessing and the size policy).
         target_class: Class c.
         layers: Layers to explain (default: ``cam.layers.default_layers`` of the card's layers).
-        methods, device, batch_size, normalize, progress, cancel, map_dtype: As for
+        methods, device, batch_size, normalize, progress, cancel, map_dtype, autocast: As for
             ``explain_volume``.
 
     Returns:
@@ -66,11 +66,11 @@ def explain_slicewise(ct: Volume, mask: np.ndarray, loaded: LoadedModel, target_
                             layers=tuple(layers or default_layers(loaded.card.layers)), methods=methods, axis=0,
                             batch_size=batch_size, device=device, normalize=normalize,
                             preprocess=loaded.card.preprocess, pad_to_multiple=loaded.card.size_multiple,
-                            progress=progress, cancel=cancel, map_dtype=map_dtype)
+                            progress=progress, cancel=cancel, map_dtype=map_dtype, autocast=autocast)
     n = ct.array.shape[orientation.permutation[0]]
     to_ct_index = (lambda s: n - 1 - s) if orientation.flips[0] else (lambda s: s)
     maps = {}
-    for key in list(result.maps):  # one map at a time: a reoriented copy replaces its original
+    for key in list(result.maps):  # laid out as the CT (explain_volume): these views are contiguous, no copy
         maps[key] = np.ascontiguousarray(orientation.from_slices(result.maps.pop(key)))
     return dataclasses.replace(
         result,
