@@ -186,7 +186,7 @@ def main() -> None:
     parser.add_argument("--no-gradcam", action="store_true", help="leave pytorch-grad-cam out")
     parser.add_argument("--raw", action="store_true", help="also print every variant's seconds per round")
     args = parser.parse_args()
-    names = args.cases.split(",") + (["paper-512", "paper-pixel"] if args.paper else [])
+    names = list(dict.fromkeys(args.cases.split(",") + (["paper-512", "paper-pixel"] if args.paper else [])))
     device = resolve_device(args.device)
     gradcam = not args.no_gradcam and install_gradcam()
     load_before = os.getloadavg()
