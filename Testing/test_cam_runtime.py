@@ -69,7 +69,8 @@ def real_slices():
 
     path = require_real_ct()
     loaded = shc.load_default_model()
-    ct, labels = shc.read_volume(path), shc.read_volume(path.parent / "example_seg.nii.gz")
+    ct, labels = shc.read_volume(path), shc.read_volume(path.parent / "example_seg_fast_force_split.nii.gz")
+    assert labels.array.shape == ct.array.shape  # TotalSegmentator's labels on the CT's grid
     orientation = SliceOrientation.from_geometry(ct.geometry)
     slices, mask = orientation.to_slices(ct.array), orientation.to_slices(labels.array == 3)
     todo = np.flatnonzero(mask.any(axis=(1, 2)))
@@ -164,23 +165,22 @@ def test_engine_works_with_frozen_parameters():
         np.testing.assert_array_equal(result[key], expected[key])
 
 
-def test_maps_of_a_kits_stored_volume_are_laid_out_as_it_is():
+def test_a_kits_stored_ct_gives_the_axial_maps_without_copies():
     from seghirescam.imaging.geometry import Geometry
+    from seghirescam.imaging.volumes import Volume
+    from seghirescam.synthetic.phantom import make_phantom
 
-    model = make_unet()
-    volume, mask = _volume_and_mask()
-    # Stored the KiTS23 way: (k, j, i) = (left-right, posterior, inferior), the axial axis last, flipped.
-    stored = np.ascontiguousarray(volume.transpose(2, 1, 0)[:, :, ::-1])
-    stored_mask = np.ascontiguousarray(mask.transpose(2, 1, 0)[:, :, ::-1])
-    orientation = SliceOrientation.from_geometry(Geometry((1.0, 1.0, 1.0), (0, 0, 0),
-                                                          (0, 0, 1.0, 0, 1.0, 0, -1.0, 0, 0)))
-    view = orientation.to_slices(stored)
-    assert view.shape == volume.shape and not view.flags.c_contiguous
-    kits = shc.explain_volume(model, view, orientation.to_slices(stored_mask), 1, device="cpu")
-    reference = shc.explain_volume(model, np.ascontiguousarray(view), np.ascontiguousarray(orientation.to_slices(
-        stored_mask)), 1, device="cpu")
-    assert sum(reference[key].max() > 0 for key in reference) >= 2
-    for key in reference:
-        back = orientation.from_slices(kits[key])
-        assert back.flags.c_contiguous and back.shape == stored.shape  # no copy needed to store it
-        np.testing.assert_array_equal(kits[key], reference[key])
+    loaded = shc.load_default_model()
+    phantom = make_phantom(5, shape=(8, 64, 64), spacing=(6.0, 6.0, 5.0), tumor=True)
+    axial = Volume(phantom.ct, Geometry((6.0, 6.0, 5.0), (0.0, 0.0, 0.0)))
+    # Stored the KiTS23 way: (k, j, i) = (left-right, posterior, inferior), the axial axis last, direction IPL.
+    to_kits = lambda a: np.ascontiguousarray(a.transpose(2, 1, 0)[:, :, ::-1])  # noqa: E731
+    kits = Volume(to_kits(phantom.ct), Geometry((5.0, 6.0, 6.0), (0.0, 0.0, 0.0), (0, 0, 1.0, 0, 1.0, 0, -1.0, 0, 0)))
+    mask = phantom.labels == 1
+    expected = shc.explain_ct(axial, mask, loaded, 1, device="cpu")
+    result = shc.explain_ct(kits, to_kits(mask), loaded, 1, device="cpu")
+    assert result.axis == 2 and expected.axis == 0
+    assert expected[("seg-hires-grad-cam", "bottleneck")].max() > 0
+    for key, values in expected.maps.items():
+        assert result[key].shape == kits.array.shape and result[key].base is not None  # a view, not a copy
+        np.testing.assert_allclose(result[key], to_kits(values), rtol=0, atol=1e-6)

@@ -46,7 +46,7 @@ def main() -> None:
     folder = real_ct_dir()
     loaded = shc.load_default_model()
     ct = shc.read_volume(folder / "example_ct.nii.gz")
-    labels = shc.read_volume(folder / "example_seg.nii.gz")
+    labels = shc.read_volume(folder / "example_seg_fast_force_split.nii.gz")  # on the CT grid
     orientation = SliceOrientation.from_geometry(ct.geometry)
     volume, mask = orientation.to_slices(ct.array), orientation.to_slices(labels.array == args.label)
     target = loaded.card.class_for_segment("kidney")

@@ -3,7 +3,7 @@
 Array orders crossing this boundary:
 - ``explain_slices``: x (B, C, H, W) tensor, m (B, H, W) bool tensor -> maps (B, H, W).
 - ``explain_volume``: volume and mask of any 3D shape; slices are taken along ``axis``;
-  maps come back in the volume's own shape and order, laid out in memory as the volume is.
+  maps come back in the volume's own shape and order.
 
 On the CPU the network runs on a channels-last copy of the model (exact to float32 rounding, faster);
 the engine leaves ``torch.inference_mode`` for its own work, so it can be called inside it.
@@ -263,8 +263,7 @@ def explain_volume(model: nn.Module, volume: np.ndarray, mask: np.ndarray, targe
             another device is copied, not moved; training mode is restored (see
             ``explain_slices``).
         volume: 3D array; slices are ``np.take(volume, s, axis)``. Any numeric dtype, any strides: a
-            reoriented view (``SliceOrientation.to_slices``) is read as it is, and the maps are laid out in
-            memory as it is, so viewing them back in the stored orientation gives contiguous arrays.
+            reoriented view (``SliceOrientation.to_slices``) is read as it is, without a copy.
         mask: Bool array of the volume's shape: the pixel set M of each slice. Slices with
             an empty M are not run; their maps are 0 and they are counted as skipped.
         target_class: Class c.
@@ -305,18 +304,6 @@ def explain_volume(model: nn.Module, volume: np.ndarray, mask: np.ndarray, targe
                                map_dtype=map_dtype, channels_last=channels_last)
 
 
-def _zeros_in_layout(like: np.ndarray, dtype: np.dtype | type) -> np.ndarray:
-    """Zeros of ``like``'s shape laid out in memory as ``like`` is (axis order and flips).
-
-    For a view such as ``SliceOrientation.to_slices(ct)``, the inverse view of the result
-    (``from_slices``) is C-contiguous, so the maps reach the CT's orientation without a copy.
-    """
-    strides = np.asarray(like.strides)
-    order = np.argsort(-np.abs(strides), kind="stable")  # axes from the slowest-varying in memory to the fastest
-    base = np.zeros(tuple(like.shape[a] for a in order), dtype)
-    return np.transpose(base, np.argsort(order))[tuple(slice(None, None, -1) if s < 0 else slice(None) for s in strides)]
-
-
 def _explain_volume(model: nn.Module, volume: np.ndarray, mask: np.ndarray, target_class: int, *,
                     layers: Sequence[str] | None, methods: Sequence[str | CAMMethod], axis: int,
                     batch_size: int | str, device: str | torch.device, normalize: str, preprocess: Preprocess | None,
@@ -340,7 +327,7 @@ def _explain_volume(model: nn.Module, volume: np.ndarray, mask: np.ndarray, targ
     preprocess = preprocess or _default_preprocess
     multiple = size_multiple(work_model, pad_to_multiple)
     slices, masks = np.moveaxis(volume, axis, 0), np.moveaxis(mask, axis, 0)
-    maps = {(m.name, layer): _zeros_in_layout(volume, map_dtype) for m in method_list for layer in layers}
+    maps = {(m.name, layer): np.zeros(volume.shape, dtype=map_dtype) for m in method_list for layer in layers}
     views = {key: np.moveaxis(array, axis, 0) for key, array in maps.items()}
     narrow = np.dtype(map_dtype).itemsize < 4  # float16: slices kept relative to their peaks (no underflow)
     peaks = {key: np.zeros(slices.shape[0]) for key in maps}

@@ -53,8 +53,8 @@ def explain_slicewise(ct: Volume, mask: np.ndarray, loaded: LoadedModel, target_
             ``explain_volume``.
 
     Returns:
-        The result with maps in the CT's (k, j, i) order; ``axis`` is the CT's axial numpy
-        axis and ``slices_explained`` indexes along it.
+        The result with maps in the CT's (k, j, i) order (views, C-contiguous only when the CT is stored
+        axially); ``axis`` is the CT's axial numpy axis and ``slices_explained`` indexes along it.
 
     Raises:
         ValueError: If the mask is not on the CT's grid, or as ``explain_volume``.
@@ -69,9 +69,10 @@ def explain_slicewise(ct: Volume, mask: np.ndarray, loaded: LoadedModel, target_
                             progress=progress, cancel=cancel, map_dtype=map_dtype, autocast=autocast)
     n = ct.array.shape[orientation.permutation[0]]
     to_ct_index = (lambda s: n - 1 - s) if orientation.flips[0] else (lambda s: s)
-    maps = {}
-    for key in list(result.maps):  # laid out as the CT (explain_volume): these views are contiguous, no copy
-        maps[key] = np.ascontiguousarray(orientation.from_slices(result.maps.pop(key)))
+    # Views in the CT's (k, j, i) order of the maps held as axial slices, not copies: a CT stored with its axial
+    # axis last (KiTS23) then costs the memory of an axial one (untouched zero pages outside M's slices stay
+    # unallocated); a writer that needs contiguous data copies one map at a time.
+    maps = {key: orientation.from_slices(value) for key, value in result.maps.items()}
     return dataclasses.replace(
         result,
         maps=maps,
