@@ -9,7 +9,6 @@ from conftest import make_unet
 from reference_cam import reference_volume
 
 import seghirescam as shc
-from seghirescam.cam.methods import METHODS
 
 SHAPE = (6, 20, 28)
 
@@ -35,7 +34,7 @@ def _mask(kind: str, axis: int) -> np.ndarray:
 def test_engine_matches_reference(axis, kind):
     model = make_unet()
     volume, mask = _volume(), _mask(kind, axis)
-    layers, methods = ("bottleneck", "dec2"), tuple(METHODS)
+    layers, methods = ("bottleneck", "dec2"), ("seg-grad-cam", "seg-hires-grad-cam", "seg-xres-cam")  # the reference knows these; the others: test_cam_agreement
     references = {(method, layer): reference_volume(model, volume, mask, 1, layer, method, axis, model.size_multiple)
                   for method in methods for layer in layers}
     for batch_size in (1, 7):

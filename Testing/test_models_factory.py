@@ -93,7 +93,7 @@ def test_factory_model_is_explained_end_to_end(tmp_path, weights):
     ("factory_nets:NOT_A_FUNCTION", "not a function"),
     ("factory_nets:not_a_network", "not a torch.nn.Module"),
     ("factory_nets:broken_factory", "failed when called with the card's kwargs"),
-    ("factory_nets:tiny_segnet_3d", "3D network"),
+    ("factory_nets:network_1d", "no 2D or 3D convolution"),
 ])
 def test_bad_factory_gives_one_clear_error(tmp_path, weights, factory, words):
     with pytest.raises(FactoryError, match=words.replace(".", r"\.")):
@@ -139,3 +139,132 @@ def test_cli_explains_a_factory_model(tmp_path, weights, capsys):
     assert main(base + ["--model-factory", "factory_nets:nowhere", "--model", str(weights), "--card", str(card)]) == 2
     err = capsys.readouterr().err
     assert "--model-factory needs --model" in err and "nowhere" in err and "Traceback" not in err
+
+
+# --- 3D networks: volumetric CAMs over the card's sliding window -------------------------------------------------
+
+FACTORY_3D = "factory_nets:tiny_segnet_3d"
+WINDOW = {"patch_size": [4, 16, 16], "overlap": 0.5, "mode": "gaussian", "sigma_scale": 0.125}
+
+
+def _card_3d(tmp_path: Path, window: object = WINDOW) -> Path:
+    arch = {"type": "factory", "in_channels": 1, "num_classes": 3, "spatial_dims": 3, "kwargs": {"width": 4}}
+    card = ModelCard(name="tiny3d", architecture=arch, classes=CLASSES, hu_clip=(-200.0, 300.0), mean=50.0,
+                     std=100.0, size_multiple=2, sliding_window=window)
+    return card.save(tmp_path / "tiny3d.card.json")
+
+
+@pytest.fixture
+def weights_3d(tmp_path) -> Path:
+    network = factory_nets.tiny_segnet_3d(width=4)
+    with torch.no_grad():
+        for parameter in network.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    path = tmp_path / "tiny3d.safetensors"
+    save_file({k: v.contiguous() for k, v in network.state_dict().items()}, str(path))
+    return path
+
+
+def _ct_3d() -> tuple[Volume, np.ndarray]:
+    """``_ct`` with M asymmetric along every axis (the upper half of the blob), so flips show."""
+    ct, blob = _ct()
+    return ct, blob & (np.arange(blob.shape[0])[:, None, None] >= 3)
+
+
+def _network_3d(weights: Path) -> torch.nn.Module:
+    from safetensors.torch import load_file
+
+    network = factory_nets.tiny_segnet_3d(width=4)
+    network.load_state_dict(load_file(str(weights)))
+    return network.eval()
+
+
+def test_3d_factory_model_predicts_as_monai_on_the_card_frame(tmp_path, weights_3d):
+    pytest.importorskip("monai")
+    from monai.inferers import sliding_window_inference
+
+    model = load_factory_model(FACTORY_3D, weights_3d, _card_3d(tmp_path))
+    assert isinstance(model, ExplainableModel) and model.spatial_dims == 3
+    assert model.head_input_layers == ("up",) and "deep" in model.layers
+    ct, _blob = _ct()
+    orientation = SliceOrientation.from_geometry(ct.geometry)
+    frame = torch.from_numpy(np.ascontiguousarray(orientation.to_slices(ct.array), dtype=np.float32))
+    x = ((frame.clamp(-200, 300) - 50.0) / 100.0)[None, None]
+    with torch.no_grad():
+        logits = sliding_window_inference(x, (4, 16, 16), 1, _network_3d(weights_3d), overlap=0.5, mode="gaussian",
+                                          sigma_scale=0.125)[0]
+    expected = orientation.from_slices(logits.argmax(0).numpy())
+    np.testing.assert_array_equal(model.predict_ct(ct, device="cpu"), expected)
+
+
+def test_3d_factory_explanation_is_exact_and_on_the_ct_grid(tmp_path, weights_3d):
+    pytest.importorskip("monai")
+    model = load_factory_model(FACTORY_3D, weights_3d, _card_3d(tmp_path))
+    ct, blob = _ct_3d()
+    result = model.explain_ct(ct, blob, 2, layers=("up", "deep"), methods=(HIRES, GRAD), device="cpu",
+                              normalize="none")
+    for key, volume in result.maps.items():
+        assert volume.shape == ct.array.shape and (volume >= 0).all() and volume.max() > 0, key
+    # exactness at the layer feeding the 1x1x1 head: sum of pre-ReLU HiRes maps = y_M - bias_c x |M|
+    bias = float(_network_3d(weights_3d).head.bias[2].detach())
+    y_m = result.extra["y_m"]
+    identity = y_m - bias * int(blob.sum())
+    assert result.extra["raw_sums"][f"{HIRES}@up"] == pytest.approx(identity, rel=1e-4, abs=1e-4)
+    # y_M is the sum over M of the stitched logits the prediction uses
+    orientation = SliceOrientation.from_geometry(ct.geometry)
+    from monai.inferers import sliding_window_inference
+
+    frame = torch.from_numpy(np.ascontiguousarray(orientation.to_slices(ct.array), dtype=np.float32))
+    x = ((frame.clamp(-200, 300) - 50.0) / 100.0)[None, None]
+    with torch.no_grad():
+        logits = sliding_window_inference(x, (4, 16, 16), 1, _network_3d(weights_3d), overlap=0.5, mode="gaussian",
+                                          sigma_scale=0.125)[0, 2]
+    stitched = orientation.from_slices(logits.numpy())
+    assert y_m == pytest.approx(float(stitched[blob].sum()), rel=1e-4)
+
+
+def test_3d_factory_maps_follow_the_voxels_whatever_the_storage_order(tmp_path, weights_3d):
+    """The same patient stored in two axis orders (KiTS-like: axial axis last) gives the same map per voxel."""
+    pytest.importorskip("monai")
+    model = load_factory_model(FACTORY_3D, weights_3d, _card_3d(tmp_path))
+    ct, blob = _ct_3d()
+    stored = Volume(np.ascontiguousarray(ct.array.transpose(2, 1, 0)),
+                    Geometry(spacing=ct.geometry.spacing[::-1], origin=ct.geometry.origin,
+                             direction=tuple(np.asarray(ct.geometry.direction).reshape(3, 3)[:, ::-1].ravel())))
+    np.testing.assert_allclose(stored.geometry.ijk_to_ras() @ [1, 2, 3, 1], ct.geometry.ijk_to_ras() @ [3, 2, 1, 1])
+    a = model.explain_ct(ct, blob, 2, layers=("up",), methods=(HIRES,), device="cpu", normalize="none")
+    b = model.explain_ct(stored, np.ascontiguousarray(blob.transpose(2, 1, 0)), 2, layers=("up",), methods=(HIRES,),
+                         device="cpu", normalize="none")
+    np.testing.assert_allclose(b[(HIRES, "up")], a[(HIRES, "up")].transpose(2, 1, 0), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("window, words", [
+    ({}, "sliding_window.patch_size"),
+    ({"patch_size": [4, 16]}, "sliding_window.patch_size"),
+    ({"patch_size": [3, 16, 16]}, "multiples of size_multiple 2"),
+    ({"patch_size": [4, 16, 16], "overlap": 1.0}, "overlap"),
+    ({"patch_size": [4, 16, 16], "mode": "linear"}, "mode"),
+])
+def test_3d_card_without_a_valid_window_is_refused(tmp_path, weights_3d, window, words):
+    pytest.importorskip("monai")
+    with pytest.raises(CardError, match=words):
+        load_factory_model(FACTORY_3D, weights_3d, _card_3d(tmp_path, window))
+
+
+def test_cli_explains_a_3d_factory_model(tmp_path, weights_3d, capsys):
+    pytest.importorskip("monai")
+    from seghirescam.cli import main
+    from seghirescam.imaging.volumes import read_volume, write_volume
+
+    ct, blob = _ct_3d()
+    write_volume(ct, tmp_path / "ct.nrrd")
+    write_volume(Volume(blob.astype(np.uint8), ct.geometry), tmp_path / "labels.nrrd")
+    code = main(["explain", "--ct", str(tmp_path / "ct.nrrd"), "--seg", str(tmp_path / "labels.nrrd"),
+                 "--label", "1", "--target-class", "2", "--out", str(tmp_path / "out"), "--device", "cpu",
+                 "--model-factory", FACTORY_3D, "--model", str(weights_3d), "--card", str(_card_3d(tmp_path))])
+    assert code == 0, capsys.readouterr().err
+    written = sorted((tmp_path / "out").glob("*_seg-hires-grad-cam_*.nrrd"))
+    assert written
+    heatmap = read_volume(written[0])
+    assert heatmap.array.shape == ct.array.shape
+    np.testing.assert_allclose(heatmap.geometry.ijk_to_ras(), ct.geometry.ijk_to_ras(), atol=1e-5)

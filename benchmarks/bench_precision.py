@@ -1,7 +1,7 @@
 """Deviation of the fast paths from the exact maps on the shared real CT, per method and layer.
 
 The shipped model explains the left kidney (TotalSegmentator label 3, class "kidney") on every slice
-that holds it, with every registered method, at the bottleneck and ``dec2`` (``--layers``). Against the
+that holds it, with the gradient methods Seg-Grad, Seg-HiRes-Grad and Seg-XRes CAM (``--methods``), at the bottleneck and ``dec2`` (``--layers``). Against the
 NCHW float32 maps (``channels_last=False``) it prints, per method and layer, the largest deviation as a
 fraction of the map's maximum, ``max |fast - exact| / max exact``, and the mean one (``mean |fast -
 exact| / max exact``), for
@@ -13,7 +13,7 @@ On a CPU without bfloat16 in hardware the engine refuses bf16; ``--emulate-bf16`
 it here (slower than float32, so no timing is taken; the rounding to bfloat16 is the same, but the
 kernels differ from oneDNN's AVX512-BF16/AMX or CUDA's, which may accumulate differently).
 
-    python benchmarks/bench_precision.py [--layers bottleneck,dec2] [--emulate-bf16]
+    python benchmarks/bench_precision.py [--layers bottleneck,dec2] [--methods ...] [--emulate-bf16]
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ def deviation(fast: np.ndarray, exact: np.ndarray) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--layers", default="bottleneck,dec2")
+    parser.add_argument("--methods", default="seg-grad-cam,seg-hires-grad-cam,seg-xres-cam")
     parser.add_argument("--label", type=int, default=3, help="TotalSegmentator label of M (3: left kidney)")
     parser.add_argument("--emulate-bf16", action="store_true",
                         help="let PyTorch emulate bfloat16 on a CPU without it (deviation only, no timing)")
@@ -50,7 +51,7 @@ def main() -> None:
     orientation = SliceOrientation.from_geometry(ct.geometry)
     volume, mask = orientation.to_slices(ct.array), orientation.to_slices(labels.array == args.label)
     target = loaded.card.class_for_segment("kidney")
-    layers, methods = tuple(args.layers.split(",")), tuple(shc.METHODS)
+    layers, methods = tuple(args.layers.split(",")), tuple(args.methods.split(","))
     bf16 = runtime.cpu_supports_bf16()
     if not bf16 and args.emulate_bf16:
         runtime.cpu_supports_bf16 = lambda: True

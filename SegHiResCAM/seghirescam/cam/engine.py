@@ -23,7 +23,9 @@ from torch import nn
 
 from seghirescam.cam.capture import ActivationCapture, evaluation_mode, resolve_layers
 from seghirescam.cam.method_info import DEFAULT_METHOD_KEYS
+from seghirescam.cam.layer_context import LayerContext, target_scores
 from seghirescam.cam.methods import CAMMethod, resolve_methods
+from seghirescam.cam.perturbation import log_cost_estimate
 from seghirescam.cam.layers import default_layers, explainable_layers
 from seghirescam.cam.normalization import check_normalize, normalize_maps
 from seghirescam.cam.padding import pad_slices, size_multiple
@@ -40,44 +42,26 @@ MapKey = tuple[str, str]
 Preprocess = Callable[[torch.Tensor], torch.Tensor]
 
 
-def layer_maps(model: nn.Module, x: torch.Tensor, weights: torch.Tensor, target_class: int, layers: Sequence[str],
-               methods: Sequence[CAMMethod], autocast: str | None = None) -> tuple[dict[MapKey, torch.Tensor], float]:
-    """Pre-ReLU maps at layer resolution for y = sum over voxels of weights x class-c logits: one forward, one backward.
+def forward_with_graph(model: nn.Module, x: torch.Tensor, layers: Sequence[str],
+                       autocast: str | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One forward that keeps the autograd graph from the earliest explained layer to the logits.
 
-    The engine's core, shared by slice batches (weights = M) and sliding-window tiles (weights = M's
-    share of each tile in the stitched prediction, ``cam.tiles``). The forward runs without a graph
-    until the earliest explained layer (``ActivationCapture``), so the backward stops there and no
-    parameter gradient is computed.
+    The forward runs without a graph until the earliest explained layer (``ActivationCapture``), so a
+    backward through the returned logits stops there and computes no parameter gradient.
 
     Args:
         model: In eval mode, on x's device; maps (B, C, *S) to logits (B, classes, *S), S 2D or 3D.
         x: Model input (B, C, *S), already padded to the model's size multiple.
-        weights: (B, *S) float or bool: each logit's weight in y.
-        target_class: Class c.
-        layers, methods: What to explain.
-        autocast: None/"fp32", "bf16" (CUDA, or a CPU with bfloat16 in hardware) or "fp16" (GPU only):
-            the forward runs under ``torch.autocast``; the maps are computed in float32 from its results.
+        layers: Names of the explained layers.
+        autocast: None, "bf16" or "fp16" (GPU only).
 
     Returns:
-        ({(method, layer): (B, *s) float32 pre-ReLU maps}, y as a float).
+        (logits (B, classes, *S), {layer: activation (B, K, *s)} in the order of ``layers``).
 
     Raises:
-        ValueError: If the logits do not have the input's batch and spatial shape, or c is out of range,
-            or the precision is unknown or not supported by the device.
+        ValueError: If the logits do not have the input's batch and spatial shape, or a layer cannot be
+            captured (``ActivationCapture``).
     """
-    with torch.inference_mode(False):
-        return _layer_maps(model, _normal(x), _normal(weights), target_class, layers, methods, autocast)
-
-
-def _normal(tensor: torch.Tensor) -> torch.Tensor:
-    """The tensor, or a normal copy of an inference tensor (made in ``torch.inference_mode``), which autograd
-    could not save for the backward."""
-    return tensor.clone() if tensor.is_inference() else tensor
-
-
-def _layer_maps(model: nn.Module, x: torch.Tensor, weights: torch.Tensor, target_class: int, layers: Sequence[str],
-                methods: Sequence[CAMMethod], autocast: str | None) -> tuple[dict[MapKey, torch.Tensor], float]:
-    """``layer_maps`` outside inference mode, on normal tensors."""
     with ActivationCapture(model, layers) as capture:
         with torch.no_grad(), autocast_context(x.device, autocast):
             logits = model(x)
@@ -87,36 +71,119 @@ def _layer_maps(model: nn.Module, x: torch.Tensor, weights: torch.Tensor, target
         shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
         raise ValueError(f"the model must map (B, C, *S) to logits (B, classes, *S); got {shape} "
                          f"for input {tuple(x.shape)}")
+    return logits, activations
+
+
+def gradient_maps(logits: torch.Tensor, activations: dict[str, torch.Tensor], weights: torch.Tensor,
+                  target_class: int, methods: Sequence[CAMMethod], *, model: nn.Module | None = None,
+                  x: torch.Tensor | None = None, cancel: Callable[[], bool] | None = None,
+                  retain_graph: bool = False) -> tuple[dict[MapKey, torch.Tensor], float]:
+    """Pre-ReLU maps for y = sum over voxels of weights x class-c logits: one backward through a kept graph.
+
+    Args:
+        logits, activations: From ``forward_with_graph``.
+        weights: (B, *S) float or bool: each logit's weight in y.
+        target_class: Class c.
+        methods: What to explain; each computes its map from a ``LayerContext`` (gradient methods
+            combine (A, G); methods with a ``model_pass`` also need ``model`` and ``x``).
+        model, x: The network and its input (B, C, *S), for methods that run the network again.
+        cancel: The run's cancel callback, for long methods.
+        retain_graph: Keep the graph for further backwards (one per click, ``cam.interactive``).
+
+    Returns:
+        ({(method, layer): (B, *s) float32 pre-ReLU maps}, y as a float).
+
+    Raises:
+        ValueError: If c is out of range, or a method that runs the network again gets no model.
+    """
     check_target_class(target_class, logits.shape[1])
     with torch.enable_grad():
-        score = (logits[:, target_class].float() * weights).sum()
-        gradients = torch.autograd.grad(score, list(activations.values()), allow_unused=True)
+        scores = target_scores(logits, weights, target_class)
+        score = scores.sum()
+        gradients = torch.autograd.grad(score, list(activations.values()), allow_unused=True,
+                                        retain_graph=retain_graph)
     maps: dict[MapKey, torch.Tensor] = {}
     for (layer, a), g in zip(activations.items(), gradients):
         a = a.detach().float()
         g = torch.zeros_like(a) if g is None else g.float()
+        context = LayerContext(model, x, weights, target_class, layer, a, g, scores.detach(), cancel)
         for method in methods:
-            maps[(method.name, layer)] = method.combine(a, g)
+            maps[(method.name, layer)] = method.compute(context)
     return maps, float(score.detach().double())
 
 
+def layer_maps(model: nn.Module, x: torch.Tensor, weights: torch.Tensor, target_class: int, layers: Sequence[str],
+               methods: Sequence[CAMMethod], autocast: str | None = None,
+               cancel: Callable[[], bool] | None = None) -> tuple[dict[MapKey, torch.Tensor], float]:
+    """Pre-ReLU maps at layer resolution for y = sum over voxels of weights x class-c logits: one forward, one backward.
+
+    The engine's core, shared by slice batches (weights = M) and sliding-window tiles (weights = M's
+    share of each tile in the stitched prediction, ``cam.tiles``): ``forward_with_graph`` then
+    ``gradient_maps``. Methods with a ``model_pass`` (Ablation, Score, FullGrad, LIFT, CAM) then get A, G
+    and y per slice in a ``LayerContext`` and run their own extra passes (float32).
+
+    Args:
+        model: In eval mode, on x's device; maps (B, C, *S) to logits (B, classes, *S), S 2D or 3D.
+        x: Model input (B, C, *S), already padded to the model's size multiple.
+        weights: (B, *S) float or bool: each logit's weight in y.
+        target_class: Class c.
+        layers, methods: What to explain.
+        autocast: None/"fp32", "bf16" (CUDA, or a CPU with bfloat16 in hardware) or "fp16" (GPU only):
+            the forward runs under ``torch.autocast``; the maps are computed in float32 from its results.
+        cancel: Asked between the extra passes of methods that run the network again.
+
+    Returns:
+        ({(method, layer): (B, *s) float32 pre-ReLU maps (FullGrad: (B, *S))}, y as a float).
+
+    Raises:
+        ValueError: If the logits do not have the input's batch and spatial shape, or c is out of range,
+            or the precision is unknown or not supported by the device.
+    """
+    with torch.inference_mode(False):  # called inside torch.inference_mode(): its own work runs outside it
+        x, weights = _normal(x), _normal(weights)
+        logits, activations = forward_with_graph(model, x, layers, autocast)
+        return gradient_maps(logits, activations, weights, target_class, methods, model=model, x=x, cancel=cancel)
+
+
+def _normal(tensor: torch.Tensor) -> torch.Tensor:
+    """The tensor, or a normal copy of an inference tensor (made in ``torch.inference_mode``), which autograd
+    could not save for the backward."""
+    return tensor.clone() if tensor.is_inference() else tensor
+
+
+def upsample_maps(maps: dict[MapKey, torch.Tensor], padded_size: tuple[int, int],
+                  height: int, width: int) -> dict[MapKey, torch.Tensor]:
+    """ReLU, bilinear upsampling to the padded input's size, and the crop back to (H, W), for every map.
+
+    Args:
+        maps: ``{(method, layer): (B, h, w)}`` pre-ReLU maps at each layer's resolution.
+        padded_size: (H', W') of the padded model input.
+        height, width: The slices' own (H, W).
+
+    Returns:
+        ``{(method, layer): (B, H, W)}``; one interpolation per layer (its maps stacked).
+    """
+    upsampled: dict[MapKey, torch.Tensor] = {}
+    for layer in dict.fromkeys(layer for _, layer in maps):  # one interpolation per layer (its own resolution)
+        keys = [key for key in maps if key[1] == layer]
+        stacked = torch.stack([maps[key] for key in keys], dim=1)  # (B, n_methods, h, w)
+        stacked = F.interpolate(stacked.clamp_min(0), size=tuple(padded_size), mode="bilinear", align_corners=False)
+        upsampled.update({key: stacked[:, index, :height, :width] for index, key in enumerate(keys)})
+    return upsampled
+
+
 def _explain_batch(model: nn.Module, x: torch.Tensor, m: torch.Tensor, target_class: int, layers: Sequence[str],
-                   methods: Sequence[CAMMethod], multiple: int, raw: bool, autocast: str | None) -> dict[MapKey, torch.Tensor]:
+                   methods: Sequence[CAMMethod], multiple: int, raw: bool, autocast: str | None,
+                   cancel: Callable[[], bool] | None = None) -> dict[MapKey, torch.Tensor]:
     """Maps for one prepared batch of slices; the model is in eval mode on x's device."""
     height, width = x.shape[-2:]
     xp, mp = pad_slices(x, multiple, m)
     if _is_channels_last(model):
         xp = xp.contiguous(memory_format=torch.channels_last)
-    maps, _score = layer_maps(model, xp, mp, target_class, layers, methods, autocast)
+    maps, _score = layer_maps(model, xp, mp, target_class, layers, methods, autocast, cancel)
     if raw:
         return maps
-    upsampled: dict[MapKey, torch.Tensor] = {}
-    for layer in dict.fromkeys(layer for _, layer in maps):  # one interpolation per layer (its own resolution)
-        keys = [key for key in maps if key[1] == layer]
-        stacked = torch.stack([maps[key] for key in keys], dim=1)  # (B, n_methods, h, w)
-        stacked = F.interpolate(stacked.clamp_min(0), size=xp.shape[-2:], mode="bilinear", align_corners=False)
-        upsampled.update({key: stacked[:, index, :height, :width] for index, key in enumerate(keys)})
-    return upsampled
+    return upsample_maps(maps, tuple(xp.shape[-2:]), height, width)
 
 
 def _is_channels_last(model: nn.Module) -> bool:
@@ -127,7 +194,7 @@ def _is_channels_last(model: nn.Module) -> bool:
 
 @contextmanager
 def _fast_model(model: nn.Module, device: torch.device, channels_last: bool | None) -> Iterator[nn.Module]:
-    """The model to run, in eval mode for the block: on the CPU (``channels_last`` None or True) its
+    """The model to run, in eval mode for the block: with ``channels_last`` (None: on the CPU) its
     channels-last copy (``runtime.channels_last_model``), else the model itself.
 
     The caller's model is put in eval mode too (with ``evaluation_mode``'s warning if it was training) and
@@ -288,6 +355,7 @@ def explain_volume(model: nn.Module, volume: np.ndarray, mask: np.ndarray, targe
         map_dtype: dtype of the returned maps (float32, or float16 to halve memory). float16 maps
             are kept relative to each slice's peak while explaining, so small CAM values do not
             underflow; with ``normalize="none"`` the raw values must fit float16.
+
         channels_last: As for ``explain_slices`` (None: channels-last on the CPU).
 
     Returns:
@@ -343,6 +411,8 @@ def _explain_volume(model: nn.Module, volume: np.ndarray, mask: np.ndarray, targ
             batch_size = auto_batch_size(work_model, example, len(todo), autocast=autocast, owner=model)
         elif isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int or 'auto', got {batch_size!r}")
+        if any(method.cost == "perturbation" for method in method_list):  # printed by the CLI before they start
+            log_cost_estimate(work_model, pad_slices(prepared(todo[:1])[0], multiple)[0], layers, method_list, len(todo))
         done = 0
         while done < len(todo):
             if cancel is not None and cancel():
@@ -350,7 +420,8 @@ def _explain_volume(model: nn.Module, volume: np.ndarray, mask: np.ndarray, targ
             indices = todo[done:done + batch_size]
             try:
                 x, m = prepared(indices)
-                batch_maps = _explain_batch(work_model, x, m, target_class, layers, method_list, multiple, False, autocast)
+                batch_maps = _explain_batch(work_model, x, m, target_class, layers, method_list, multiple, False, autocast,
+                                            cancel)
             except RuntimeError as error:
                 if not is_out_of_memory(error) or batch_size == 1:
                     raise

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-__all__ = ["PlotStyle", "MethodInfo", "METHOD_INFO", "DEFAULT_METHOD_KEYS", "registered_methods", "method_keys",
+__all__ = ["PlotStyle", "MethodInfo", "METHOD_INFO", "DEFAULT_METHOD_KEYS", "COSTS", "registered_methods", "method_keys",
            "method_info", "display_name", "short_title", "plot_style", "format_method_keys", "parse_method_keys"]
 
 
@@ -51,6 +51,10 @@ class MethodInfo:
         style: How its curves are drawn.
         citation: Short source, e.g. "Rheude et al. 2024, MELBA".
         description: One line for tooltips and help texts.
+        cost: What a map costs beyond the prediction: "gradient" (from the engine's one shared forward
+            and backward), "forward" (one or two extra passes of the network per batch) or
+            "perturbation" (one extra forward per channel of the layer and per slice holding M).
+        class_agnostic: True if the map depends neither on the class nor on M (Eigen-CAM).
     """
 
     key: str
@@ -59,6 +63,8 @@ class MethodInfo:
     style: PlotStyle
     citation: str
     description: str
+    cost: str = "gradient"
+    class_agnostic: bool = False
 
     @property
     def name(self) -> str:
@@ -76,6 +82,36 @@ _BUILT_IN = (
     MethodInfo(key="seg-xres-cam", display_name="Seg-XRes CAM", short_title="Seg-XRes",
                style=PlotStyle("tab:green"), citation="Hasany et al. 2023",
                description="Gradient max-pooled over 2x2 windows x activation."),
+    MethodInfo(key="seg-cam", display_name="Seg-CAM", short_title="CAM", style=PlotStyle("tab:brown"),
+               citation="Zhou et al. 2016, CVPR", cost="forward",
+               description="Head weights x activation: only at a layer feeding a linear 1x1 head (the logit map minus bias)."),
+    MethodInfo(key="seg-grad-cam-pp", display_name="Seg-Grad CAM++", short_title="Grad++",
+               style=PlotStyle("tab:blue", "--"), citation="Chattopadhyay et al. 2018, WACV",
+               description="Channel weights from the closed-form alpha (exp-output identity, eps 1e-6: depends on the scale of y_M)."),
+    MethodInfo(key="seg-xgrad-cam", display_name="Seg-XGrad CAM", short_title="XGrad",
+               style=PlotStyle("tab:cyan"), citation="Fu et al. 2020, BMVC",
+               description="Channel weights sum(A x G) / sum(A)."),
+    MethodInfo(key="seg-layer-cam", display_name="Seg-Layer CAM", short_title="Layer",
+               style=PlotStyle("tab:pink"), citation="Jiang et al. 2021, IEEE TIP",
+               description="ReLU(G) x activation, element-wise."),
+    MethodInfo(key="seg-eigen-cam", display_name="Seg-Eigen CAM", short_title="Eigen",
+               style=PlotStyle("tab:olive"), citation="Muhammad & Yeasin 2020, IJCNN", class_agnostic=True,
+               description="First principal component of the activations: class-agnostic, ignores the class and M."),
+    MethodInfo(key="seg-eigengrad-cam", display_name="Seg-EigenGrad CAM", short_title="EigenGrad",
+               style=PlotStyle("tab:olive", "--"), citation="pytorch-grad-cam (Gildenblat et al.)",
+               description="First principal component of gradient x activation."),
+    MethodInfo(key="seg-ablation-cam", display_name="Seg-Ablation CAM", short_title="Ablation",
+               style=PlotStyle("tab:purple"), citation="Desai & Ramaswamy 2020, WACV", cost="perturbation",
+               description="Channel weights: relative drop of y_M when the channel is zeroed (one forward per channel)."),
+    MethodInfo(key="seg-score-cam", display_name="Seg-Score CAM", short_title="Score",
+               style=PlotStyle("tab:purple", "--"), citation="Wang et al. 2020, CVPRW", cost="perturbation",
+               description="Channel weights: y_M of the input masked by the channel (one forward per channel, no softmax)."),
+    MethodInfo(key="seg-fullgrad", display_name="Seg-FullGrad", short_title="FullGrad",
+               style=PlotStyle("tab:gray"), citation="Srinivas & Fleuret 2019, NeurIPS", cost="forward",
+               description="|input x gradient| plus |bias x gradient| of every conv/norm layer (ignores the layer choice)."),
+    MethodInfo(key="seg-lift-cam", display_name="Seg-LIFT CAM", short_title="LIFT",
+               style=PlotStyle("tab:orange"), citation="Jung & Oh 2021, ICCV", cost="forward",
+               description="Channel weights: DeepLIFT contributions (Rescale rule, zero reference at the layer)."),
 )
 
 METHOD_INFO: dict[str, MethodInfo] = {info.key: info for info in _BUILT_IN}
@@ -84,6 +120,9 @@ METHOD_INFO: dict[str, MethodInfo] = {info.key: info for info in _BUILT_IN}
 
 DEFAULT_METHOD_KEYS = ("seg-hires-grad-cam", "seg-grad-cam")
 """The methods run (and ticked in the GUI) when none are chosen."""
+
+COSTS = ("gradient", "forward", "perturbation")
+"""``MethodInfo.cost`` values, cheapest first."""
 
 KEY_SEPARATOR = ","
 

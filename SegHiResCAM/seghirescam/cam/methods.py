@@ -26,17 +26,23 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 
 import torch
 import torch.nn.functional as F
 
+from seghirescam.cam.deeplift import lift_cam
+from seghirescam.cam.fullgrad import full_grad
+from seghirescam.cam.head_cam import head_cam
+from seghirescam.cam.layer_context import LayerContext
 from seghirescam.cam.method_info import METHOD_INFO, MethodInfo
+from seghirescam.cam.perturbation import ablation_cam, score_cam
 
-__all__ = ["CAMMethod", "METHODS", "resolve_method", "resolve_methods", "seg_xres_cam", "register_method",
-           "unregister_method"]
+__all__ = ["CAMMethod", "METHODS", "resolve_method", "resolve_methods", "seg_xres_cam", "seg_score_cam",
+           "register_method", "unregister_method", "principal_projection", "LayerContext"]
 
 Combine = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+ModelPass = Callable[[LayerContext], torch.Tensor]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -44,25 +50,47 @@ class CAMMethod(MethodInfo):
     """A CAM method: its metadata (``MethodInfo``: key, display_name, short_title, style, citation,
     description; ``name`` is the key) and its formula.
 
+    A method has exactly one of ``combine`` (a formula of A and G, from the engine's shared forward and
+    backward) and ``model_pass`` (a method that runs the network again: it gets a ``LayerContext``).
+
     Attributes:
-        combine: (A, G) -> pre-ReLU map, (B, K, h, w) x 2 -> (B, h, w).
+        combine: (A, G) -> pre-ReLU map, (B, K, *s) x 2 -> (B, *s).
+        model_pass: LayerContext -> pre-ReLU map (B, *s), at layer resolution or at the input's (B, *S).
+        stitchable: True if per-tile maps of a sliding-window model may be summed into the volume's map
+            (``cam.tiles``); False for methods whose per-tile maps are not parts of one volume map
+            (normalised per tile, or relative to the tile's own score).
     """
 
-    combine: Combine
+    combine: Combine | None = None
+    model_pass: ModelPass | None = None
+    stitchable: bool = True
+
+    def __post_init__(self) -> None:
+        if (self.combine is None) == (self.model_pass is None):
+            raise ValueError(f"CAM method {self.key!r} needs exactly one of combine (A, G) and model_pass (LayerContext)")
+
+    def compute(self, context: LayerContext) -> torch.Tensor:
+        """The pre-ReLU map of one layer: ``combine(A, G)`` or ``model_pass(context)``."""
+        if self.combine is not None:
+            return self.combine(context.activations, context.gradients)
+        return self.model_pass(context)
 
     @classmethod
-    def from_info(cls, info: MethodInfo, combine: Combine) -> CAMMethod:
+    def from_info(cls, info: MethodInfo, combine: Combine | None = None, *, model_pass: ModelPass | None = None,
+                  stitchable: bool = True) -> CAMMethod:
         """Join registered metadata with its formula.
 
         Args:
             info: The metadata.
-            combine: The formula.
+            combine: The formula of A and G, or None when ``model_pass`` is given.
+            model_pass: The method that runs the network again.
+            stitchable: See the class attributes.
 
         Returns:
             The method.
         """
-        return cls(key=info.key, display_name=info.display_name, short_title=info.short_title, style=info.style,
-                   citation=info.citation, description=info.description, combine=combine)
+        metadata = {field.name: getattr(info, field.name) for field in fields(MethodInfo)}
+        return cls(**metadata, combine=combine, model_pass=model_pass, stitchable=stitchable)
 
 
 def _seg_grad_cam(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
@@ -74,6 +102,98 @@ def _seg_grad_cam(activations: torch.Tensor, gradients: torch.Tensor) -> torch.T
 def _seg_hires_grad_cam(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
     """Seg-HiRes-Grad CAM (Rheude et al.): element-wise gradient times activation."""
     return (gradients * activations).sum(dim=1)
+
+
+def _spatial_sum(values: torch.Tensor) -> torch.Tensor:
+    """Sum over every axis after K, kept for broadcasting: (B, K, *s) -> (B, K, 1, ...)."""
+    return values.sum(dim=tuple(range(2, values.ndim)), keepdim=True)
+
+
+def _seg_grad_cam_pp(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+    """Seg-Grad CAM++ (Chattopadhyay et al., eq. 19 with the exp-output identity), as pytorch-grad-cam 1.5.7.
+
+    a = G^2 / (2 G^2 + sum_uv(A) G^3 + 1e-6), zero where G = 0; alpha_k = sum_uv ReLU(G) a. The absolute
+    eps makes the map depend on the scale of G (|M|, the logits' scale).
+    """
+    g2 = gradients * gradients
+    a = g2 / (2 * g2 + _spatial_sum(activations) * g2 * gradients + 1e-6)
+    a = torch.where(gradients != 0, a, torch.zeros_like(a))
+    alpha = _spatial_sum(gradients.clamp_min(0) * a)
+    return (alpha * activations).sum(dim=1)
+
+
+def _seg_xgrad_cam(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+    """Seg-XGrad CAM (Fu et al.), as pytorch-grad-cam: alpha_k = sum_uv A G / (sum_uv A + 1e-7)."""
+    alpha = _spatial_sum(gradients * activations / (_spatial_sum(activations) + 1e-7))
+    return (alpha * activations).sum(dim=1)
+
+
+def _seg_layer_cam(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+    """Seg-Layer CAM (Jiang et al.): ReLU(G) x A, element-wise, summed over channels."""
+    return (gradients.clamp_min(0) * activations).sum(dim=1)
+
+
+def principal_projection(values: torch.Tensor) -> torch.Tensor:
+    """Each map's projection on the first principal component of its channels (Eigen-CAM).
+
+    As pytorch-grad-cam's ``get_2d_projection``: the (pixels x K) matrix is centred per channel and
+    projected on its first right singular vector (here: the top eigenvector of its K x K scatter
+    matrix, in float64). The component's sign is arbitrary; the convention here makes the
+    largest-magnitude value positive (|min| > |max| flips it), as pytorch-grad-cam's
+    ``get_2d_projection_with_sign_correction`` (Seg-Eigen-CAM, Chung & Ying 2025, eq. 13).
+
+    Args:
+        values: (B, K, *s); NaN counts as 0.
+
+    Returns:
+        (B, *s) float32.
+    """
+    flat = torch.nan_to_num(values.double()).flatten(2).transpose(1, 2)  # (B, N, K)
+    centred = flat - flat.mean(dim=1, keepdim=True)
+    _eigenvalues, vectors = torch.linalg.eigh(centred.transpose(1, 2) @ centred)  # ascending
+    projection = (centred @ vectors[:, :, -1:])[..., 0]  # (B, N)
+    flip = projection.amin(dim=1).abs() > projection.amax(dim=1).abs()
+    projection = torch.where(flip[:, None], -projection, projection)
+    return projection.reshape(values.shape[:1] + values.shape[2:]).float()
+
+
+def _seg_eigen_cam(activations: torch.Tensor, _gradients: torch.Tensor) -> torch.Tensor:
+    """Seg-Eigen CAM (Muhammad & Yeasin): the first principal component of A; class-agnostic."""
+    return principal_projection(activations)
+
+
+def _seg_eigengrad_cam(activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+    """Seg-EigenGrad CAM: the first principal component of G x A."""
+    return principal_projection(gradients * activations)
+
+
+def seg_score_cam(weighting: str = "raw") -> CAMMethod:
+    """Seg-Score CAM (Wang et al.): channel weights from y_M of the input masked by each channel.
+
+    Args:
+        weighting: "raw" (alpha_k = y_M(x * S_k), the registered method: y_M is a logit sum, whose
+            scale grows with |M|) or "softmax" (softmax over k of those scores, as pytorch-grad-cam
+            1.5.7 computes; with large |M| it picks one channel).
+
+    Returns:
+        The registered "seg-score-cam" for "raw", else a variant keyed "seg-score-cam-softmax".
+
+    Raises:
+        ValueError: For another weighting.
+    """
+    if weighting not in ("raw", "softmax"):
+        raise ValueError(f"seg-score-cam weighting must be 'raw' or 'softmax', got {weighting!r}")
+    info = METHOD_INFO["seg-score-cam"]
+
+    def model_pass(context: LayerContext) -> torch.Tensor:
+        return score_cam(context, softmax=weighting == "softmax")
+
+    if weighting == "raw":
+        return CAMMethod.from_info(info, model_pass=model_pass, stitchable=False)
+    return CAMMethod(key="seg-score-cam-softmax", display_name="Seg-Score CAM (softmax)",
+                     short_title="Score softmax", style=replace(info.style, line_style=":"), citation=info.citation,
+                     description="Channel weights: softmax over channels of y_M(x * S_k), as pytorch-grad-cam.",
+                     cost=info.cost, model_pass=model_pass, stitchable=False)
 
 
 def seg_xres_cam(pool: int = 2, reduce: str = "max") -> CAMMethod:
@@ -124,10 +244,18 @@ def seg_xres_cam(pool: int = 2, reduce: str = "max") -> CAMMethod:
 
 
 _FORMULAS: dict[str, Combine] = {"seg-grad-cam": _seg_grad_cam, "seg-hires-grad-cam": _seg_hires_grad_cam,
-                                 "seg-xres-cam": seg_xres_cam().combine}
+                                 "seg-xres-cam": seg_xres_cam().combine, "seg-grad-cam-pp": _seg_grad_cam_pp,
+                                 "seg-xgrad-cam": _seg_xgrad_cam, "seg-layer-cam": _seg_layer_cam,
+                                 "seg-eigen-cam": _seg_eigen_cam, "seg-eigengrad-cam": _seg_eigengrad_cam}
+# Methods that run the network again; stitchable: whether per-tile maps add up to the volume's map.
+_MODEL_PASSES: dict[str, tuple[ModelPass, bool]] = {"seg-cam": (head_cam, False), "seg-ablation-cam": (ablation_cam, False),
+                                                    "seg-score-cam": (seg_score_cam().model_pass, False),
+                                                    "seg-fullgrad": (full_grad, False), "seg-lift-cam": (lift_cam, True)}
 
-METHODS: dict[str, CAMMethod] = {key: CAMMethod.from_info(METHOD_INFO[key], combine)
-                                 for key, combine in _FORMULAS.items()}
+METHODS: dict[str, CAMMethod] = {
+    key: (CAMMethod.from_info(METHOD_INFO[key], _FORMULAS[key]) if key in _FORMULAS else
+          CAMMethod.from_info(METHOD_INFO[key], model_pass=_MODEL_PASSES[key][0], stitchable=_MODEL_PASSES[key][1]))
+    for key in METHOD_INFO}
 """The registry of runnable methods (key -> method), in registration order; its metadata is mirrored in
 ``method_info.METHOD_INFO``. Change it only through ``register_method`` / ``unregister_method``."""
 

@@ -86,9 +86,15 @@ def explain_tiles(network: nn.Module, data: torch.Tensor, mask: torch.Tensor, ti
         The maps in the tiles' (padded) frame and the identity quantities.
 
     Raises:
-        ValueError: If M is empty or shapes disagree.
+        ValueError: If M is empty or shapes disagree, or for a method whose per-tile maps do not add up to
+            the volume's map (``CAMMethod.stitchable``: CAM, Ablation, Score, FullGrad).
         ExplanationCancelled: If ``cancel()`` returned True.
     """
+    refused = [method.key for method in methods if not method.stitchable]
+    if refused:
+        raise ValueError(f"{', '.join(refused)} cannot explain a sliding-window (tiled) model: per-tile maps of these "
+                         "methods are normalised per tile or relative to the tile's own score, so they are no parts of "
+                         "one volume map; use a gradient method or seg-lift-cam")
     if mask.shape != data.shape[1:]:
         raise ValueError(f"M has shape {tuple(mask.shape)} but the data's frame is {tuple(data.shape[1:])}")
     importance = importance.float().to(data.device)

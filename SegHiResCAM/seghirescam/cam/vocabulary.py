@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 __all__ = ["Choice", "PIXEL_SETS", "FILE_PIXEL_SETS", "NORMALIZATIONS", "DEFAULT_NORMALIZATION", "DEFAULT_POINT_RADIUS",
-           "PRECISIONS", "DEFAULT_PRECISION", "help_text"]
+           "PRECISIONS", "DEFAULT_PRECISION", "CLICK_MODES", "DEFAULT_CLICK_MODE", "help_text"]
 
 
 class Choice(NamedTuple):
@@ -48,6 +48,15 @@ PRECISIONS: dict[str, Choice] = {
                    "CPUs with bfloat16 in hardware (AVX512-BF16, AMX) only, refused elsewhere"),
 }
 DEFAULT_PRECISION = "fp32"
+
+# Click to explain (``cam.interactive``, ``mrml.click``): what M becomes when the user clicks a pixel.
+CLICK_MODES: dict[str, Choice] = {
+    "pixel": Choice("Clicked pixel", "the clicked pixel alone"),
+    "disc": Choice("Disc around the click", "an in-plane disc of the chosen radius (pixels) around the clicked pixel"),
+    "component": Choice("Predicted region under the click",
+                        "the connected region the model predicts as the target class under the click"),
+}
+DEFAULT_CLICK_MODE = "pixel"
 
 
 def help_text(choices: dict[str, Choice], keys: tuple[str, ...] | None = None) -> str:

@@ -50,6 +50,9 @@ class ModelCard:
             {"tumor": ["tumour", "mass", "lesion"], "kidney": ["renal"]}.
         preferred_classes: Classes that win when a segment name matches several, e.g.
             ["tumor", "cyst"]: a "renal mass" is a tumor, not a kidney.
+        sliding_window: For 3D networks (``architecture.spatial_dims == 3``): the prediction's
+            sliding window, {"patch_size": [s, r, c], "overlap": 0.5, "mode": "gaussian",
+            "sigma_scale": 0.125} (``models.volumetric.window_from_card``); empty for 2D models.
     """
 
     name: str
@@ -66,6 +69,7 @@ class ModelCard:
     head_input_layers: tuple[str, ...] = ()
     synonyms: dict = field(default_factory=dict)
     preferred_classes: tuple[str, ...] = ()
+    sliding_window: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         arch = self.architecture
@@ -100,10 +104,10 @@ class ModelCard:
         return int(self.architecture["in_channels"])
 
     def preprocess(self, slices: torch.Tensor) -> torch.Tensor:
-        """Raw HU slices (B, H, W) -> model input (B, in_channels, H, W): clip, z-score, repeat."""
+        """Raw HU (B, *S) -> model input (B, in_channels, *S): clip, z-score, repeat; S is (H, W) or (d, h, w)."""
         low, high = self.hu_clip
         x = (slices.float().clamp(low, high) - self.mean) / self.std
-        return x[:, None].expand(-1, self.in_channels, -1, -1)
+        return x[:, None].expand(-1, self.in_channels, *x.shape[1:])
 
     def class_for_segment(self, segment_name: str) -> int:
         """The class a segment's name asks for, by the card's own vocabulary.

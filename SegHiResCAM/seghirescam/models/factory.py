@@ -9,10 +9,13 @@ they are found by one forward pass (``network_layers``).
 
 2D networks become a ``LoadedModel`` and are explained slice by slice exactly as the project's own
 U-Net (``models.slicewise``: the CT's axial slices in the card's orientation, card preprocessing,
-maps back in the CT's (k, j, i) order). 3D factory networks are refused for now: they need a
-sliding window and a frame convention the card does not describe; a MONAI bundle describes both.
+maps back in the CT's (k, j, i) order). 3D networks (``architecture.spatial_dims`` 3, or found
+from their convolutions) become a ``VolumetricCardModel`` (``models.volumetric``): the CT
+reoriented into the card's (s, r, c) frame, predicted and explained over the sliding window of the
+card's ``sliding_window`` block (MONAI's window: needs ``seghirescam[monai]``).
 
-Arrays: the network maps (B, C, H, W) to logits (B, classes, H, W).
+Arrays: the network maps (B, C, H, W) to logits (B, classes, H, W), or (B, C, d, h, w) to
+(B, classes, d, h, w) in 3D.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from seghirescam.models.weights import read_state_dict, state_dict_mismatch
 from seghirescam.models.card import ModelCard
 from seghirescam.models.loading import LoadedModel, _check_io
 from seghirescam.models.network_layers import network_layers, spatial_dims_of
+from seghirescam.models.volumetric import VolumetricCardModel, window_from_card
 
 __all__ = ["FactoryError", "load_factory_model", "import_factory"]
 
@@ -77,16 +81,16 @@ def _load_state(network: nn.Module, state: dict[str, torch.Tensor], path: Path, 
     network.load_state_dict(state)
 
 
-def _with_layers(card: ModelCard, network: nn.Module) -> ModelCard:
-    """The card, with the network's discovered layers when it lists none."""
+def _with_layers(card: ModelCard, network: nn.Module, spatial: tuple[int, ...]) -> ModelCard:
+    """The card, with the network's discovered layers (one forward of a (1, C, *spatial) input) when it lists none."""
     if card.layers:
         return card
-    size = max(card.size_multiple, 16) * 2
-    found = network_layers(network, torch.zeros(1, card.in_channels, size, size))
+    found = network_layers(network, torch.zeros(1, card.in_channels, *spatial))
     return dataclasses.replace(card, layers=found.layers, head_input_layers=found.head_input_layers)
 
 
-def load_factory_model(factory: str, weights: str | os.PathLike, card: ModelCard | str | os.PathLike) -> LoadedModel:
+def load_factory_model(factory: str, weights: str | os.PathLike,
+                       card: ModelCard | str | os.PathLike) -> LoadedModel | VolumetricCardModel:
     """Build a network with a named factory, load its weights as data, and pair it with its card.
 
     Args:
@@ -96,12 +100,15 @@ def load_factory_model(factory: str, weights: str | os.PathLike, card: ModelCard
         card: A ``ModelCard`` or the path of its JSON file.
 
     Returns:
-        A 2D ``LoadedModel`` (an ``ExplainableModel``), network in eval mode on the CPU.
+        An ``ExplainableModel``, network in eval mode on the CPU: a ``LoadedModel`` (2D, slice by
+        slice) or a ``VolumetricCardModel`` (3D, sliding window).
 
     Raises:
         FactoryError: Bad factory string, missing module or function, a factory that does not
-            return a module, weights that are missing, pickled or do not fit, a 3D network.
-        CardError: A malformed card, or a network whose input/output disagrees with it.
+            return a module, weights that are missing, pickled or do not fit, a network that is
+            neither 2D nor 3D, a 3D network without MONAI.
+        CardError: A malformed card (a 3D card without a valid ``sliding_window``), or a network
+            whose input/output disagrees with it.
         FileNotFoundError: A missing card file.
     """
     weights = Path(weights)
@@ -117,13 +124,33 @@ def load_factory_model(factory: str, weights: str | os.PathLike, card: ModelCard
                            f"{type(error).__name__}: {error}") from error
     if not isinstance(network, nn.Module):
         raise FactoryError(f"factory {factory!r} returned a {type(network).__name__}, not a torch.nn.Module")
-    dims = int(card.architecture.get("spatial_dims", spatial_dims_of(network)))
-    if dims != 2:
-        raise FactoryError(f"factory {factory!r} builds a {dims}D network; factory models are explained slice by "
-                           "slice and must be 2D for now (package a 3D network as a MONAI bundle)")
+    try:
+        dims = int(card.architecture.get("spatial_dims") or spatial_dims_of(network))
+    except ValueError as error:
+        raise FactoryError(f"factory {factory!r}: {error}") from error
+    if dims not in (2, 3):
+        raise FactoryError(f"factory {factory!r} builds a {dims}D network; only 2D (slice by slice) and 3D "
+                           "(sliding window) networks can be explained")
+    window = _window_for_3d(card, factory) if dims == 3 else None
     _load_state(network, _read_weights(weights), weights, factory)
     network.eval()
-    _check_io(network, card, weights)
-    loaded = LoadedModel(network, _with_layers(card, network), weights)
-    loaded.family = f"network from factory {factory}"
-    return loaded
+    if window is None:
+        spatial = (max(card.size_multiple, 16),) * 2
+        _check_io(network, card, weights, spatial)
+        loaded = LoadedModel(network, _with_layers(card, network, (2 * spatial[0],) * 2), weights)
+        loaded.family = f"network from factory {factory}"
+        return loaded
+    _check_io(network, card, weights, tuple(window.roi_size))
+    volumetric = VolumetricCardModel(network, _with_layers(card, network, tuple(window.roi_size)), weights, window)
+    volumetric.family = f"3D network from factory {factory}"
+    return volumetric
+
+
+def _window_for_3d(card: ModelCard, factory: str) -> object:
+    """The card's sliding window for a 3D network (checked before the weights are read)."""
+    try:
+        import monai  # noqa: F401
+    except ImportError as error:
+        raise FactoryError(f"factory {factory!r} builds a 3D network, predicted with MONAI's sliding window: "
+                           "pip install 'seghirescam[monai]'") from error
+    return window_from_card(card)

@@ -23,31 +23,25 @@ from seghirescam.models.card import CardError, ModelCard
 from seghirescam.models.unet import UNet2D, head_input_layers
 from seghirescam.models.weights import state_dict_mismatch
 
-__all__ = ["LoadedModel", "load_model", "load_default_model", "save_model", "default_model_path", "card_path_for",
-           "build_unet", "unet_card"]
+__all__ = ["CardModelMixin", "LoadedModel", "load_model", "load_default_model", "save_model", "default_model_path",
+           "card_path_for", "build_unet", "unet_card"]
 
 DEFAULT_MODEL_NAME = "kidney_unet_default.safetensors"
 
 
-@dataclass
-class LoadedModel:
-    """A 2D model file with its card, explained slice by slice (an ``ExplainableModel``).
+class CardModelMixin:
+    """What a model with a card says of itself: name, classes, layers and class vocabulary from ``self.card``.
 
-    Attributes:
-        model: The network in eval mode on the CPU.
-        card: Its model card (classes, preprocessing, size policy, layers).
-        path: The weights file it came from.
+    Used by ``LoadedModel`` (2D) and ``models.volumetric.VolumetricCardModel`` (3D); both have ``card``
+    and ``path`` attributes.
     """
 
-    model: nn.Module
     card: ModelCard
     path: Path
-    family = "model file with a card"
-    spatial_dims = 2
 
     @property
     def name(self) -> str:
-        """The card's name and the file's."""
+        """The card's name and the weights file's."""
         return f"{self.card.name} ({self.path.name})"
 
     @property
@@ -78,6 +72,23 @@ class LoadedModel:
     def class_for_segment(self, segment_name: str) -> int:
         """The class a segment's name asks for, by the card's vocabulary."""
         return self.card.class_for_segment(segment_name)
+
+
+@dataclass
+class LoadedModel(CardModelMixin):
+    """A 2D model file with its card, explained slice by slice (an ``ExplainableModel``).
+
+    Attributes:
+        model: The network in eval mode on the CPU.
+        card: Its model card (classes, preprocessing, size policy, layers).
+        path: The weights file it came from.
+    """
+
+    model: nn.Module
+    card: ModelCard
+    path: Path
+    family = "model file with a card"
+    spatial_dims = 2
 
     def predict_ct(self, ct, *, device: str = "auto", progress=None):
         """The predicted label map, uint8 (k, j, i) on the CT's grid (``models.slicewise``)."""
@@ -128,19 +139,31 @@ def _check_state_dict(model: nn.Module, state: dict[str, torch.Tensor], path: Pa
                         f"{tuple(getattr(model, 'widths', ()))}: {mismatch}")
 
 
-def _check_io(model: nn.Module, card: ModelCard, path: Path) -> None:
-    """One small forward: input and output channels must agree with the card."""
+def _check_io(model: nn.Module, card: ModelCard, path: Path, spatial: tuple[int, ...] | None = None) -> None:
+    """One small forward: input and output channels must agree with the card.
+
+    Args:
+        model: The network.
+        card: Its card.
+        path: The weights file (named in messages).
+        spatial: The probe's spatial size (default: a 2D square of ``max(size_multiple, 16)``).
+
+    Raises:
+        CardError: If the network rejects the card's input or its output disagrees with the classes.
+    """
     size = max(card.size_multiple, 16)
+    spatial = tuple(spatial) if spatial is not None else (size, size)
+    probe = (1, card.in_channels, *spatial)
     try:
         with torch.no_grad():
-            out = model(torch.zeros(1, card.in_channels, size, size))
+            out = model(torch.zeros(probe))
     except Exception as error:  # noqa: BLE001 - any failure means the card's input is wrong for this model
-        raise CardError(f"{path.name} does not accept the card's input (1, {card.in_channels}, {size}, {size}): "
-                        f"{error}") from error
-    if not isinstance(out, torch.Tensor) or out.ndim != 4 or out.shape[1] != card.num_classes:
+        raise CardError(f"{path.name} does not accept the card's input {probe}: {error}") from error
+    if not isinstance(out, torch.Tensor) or out.ndim != len(probe) or out.shape[1] != card.num_classes:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        axes = "H, W" if len(spatial) == 2 else "d, h, w"
         raise CardError(f"{path.name} outputs {shape}, but its card says {card.num_classes} classes "
-                        f"(expected (1, {card.num_classes}, H, W))")
+                        f"(expected (1, {card.num_classes}, {axes}))")
 
 
 def _is_zip_pickle(path: Path) -> bool:
