@@ -25,7 +25,7 @@ import torch
 from conftest import make_unet, require_module
 from torch import nn
 
-from seghirescam.cam.engine import explain_slices, explain_volume, layer_maps
+from seghirescam.cam.engine import explain_slices, explain_volume, forward_with_graph, gradient_maps, layer_maps
 from seghirescam.cam.fullgrad import fullgrad_terms
 from seghirescam.cam.methods import METHODS, resolve_methods, seg_score_cam
 from seghirescam.cam.result import ExplanationCancelled
@@ -263,3 +263,22 @@ def test_perturbation_runs_log_their_cost_skip_empty_slices_and_cancel(case, cap
     with pytest.raises(ExplanationCancelled, match="extra forward passes"):
         explain_volume(model, volume, mask, TARGET_CLASS, methods=["seg-score-cam"], device="cpu", batch_size=2,
                        cancel=lambda: asked.append(1) is None and len(asked) > 1)
+
+
+def test_all_methods_in_one_call_equal_each_method_alone_on_padded_slices(case):
+    """Maps at layer resolution and FullGrad's at the input's are upsampled and cropped separately."""
+    model, x, m = case
+    x, m = x[:, :, :30, :29], m[:, :30, :29]  # padded to 32 x 32 by the engine
+    keys = [key for key in METHODS if key != "seg-cam"]
+    together = explain_slices(model, x, m, TARGET_CLASS, layers=["bottleneck"], methods=keys)
+    for key in keys:
+        alone = explain_slices(model, x, m, TARGET_CLASS, layers=["bottleneck"], methods=[key])[(key, "bottleneck")]
+        assert together[(key, "bottleneck")].shape == (2, 30, 29)
+        assert torch.allclose(together[(key, "bottleneck")], alone, atol=1e-6), key
+
+
+def test_methods_that_run_the_network_again_refuse_without_it(case):
+    model, x, m = case
+    logits, activations = forward_with_graph(model, x, ["bottleneck"])
+    with pytest.raises(ValueError, match="seg-score-cam run the network again: pass the model"):
+        gradient_maps(logits, activations, m, TARGET_CLASS, [METHODS["seg-hires-grad-cam"], METHODS["seg-score-cam"]])

@@ -25,7 +25,7 @@ from matplotlib.lines import Line2D
 
 import seghirescam.evaluation.plots as evaluation_plots
 from seghirescam import UNet2D
-from seghirescam.cam.method_info import METHOD_INFO, PlotStyle, display_name, method_keys, registered_methods
+from seghirescam.cam.method_info import COSTS, METHOD_INFO, PlotStyle, display_name, method_keys, registered_methods
 from seghirescam.cam.methods import METHODS, CAMMethod, register_method, seg_xres_cam, unregister_method
 from seghirescam.cli import main
 from seghirescam.imaging.volumes import Volume, write_volume
@@ -72,7 +72,8 @@ def test_every_registered_method_carries_complete_metadata(key):
     assert method.key == method.name == key and METHOD_INFO[key].display_name == method.display_name
     assert method.display_name and method.short_title and method.citation and method.description
     assert is_color_like(method.style.colour) and method.style.line_style in Line2D.lineStyles
-    assert callable(method.combine)
+    assert callable(method.combine) != callable(method.model_pass), "exactly one of combine and model_pass"
+    assert method.cost in COSTS
 
 
 def test_the_torch_free_metadata_lists_exactly_the_runnable_methods():
@@ -103,11 +104,14 @@ def test_configured_seg_xres_variants_get_derived_titles_and_the_default_is_the_
 
 def test_readme_method_table_lists_exactly_the_registered_methods():
     text = (ROOT / "README.md").read_text(encoding="utf-8")
-    table = re.search(r"^\| method \| map \|\n\|---\|---\|\n((?:\|.*\|\n)+)", text, re.M)
-    assert table, "README.md has no '| method | map |' table"
-    rows = [line.split("|")[1].strip() for line in table.group(1).splitlines()]
-    assert sorted(rows) == sorted(m.display_name for m in registered_methods()), \
+    table = re.search(r"^\| method \| key \| map \| cost \|\n\|---\|---\|---\|---\|\n((?:\|.*\|\n)+)", text, re.M)
+    assert table, "README.md has no '| method | key | map | cost |' table"
+    rows = [[cell.strip() for cell in re.split(r"(?<!\\)\|", line)[1:-1]] for line in table.group(1).splitlines()]
+    assert sorted(row[0] for row in rows) == sorted(m.display_name for m in registered_methods()), \
         "the README's method table must have one row per registered method (its display name)"
+    by_name = {m.display_name: m for m in registered_methods()}
+    for name, key, _formula, cost in rows:
+        assert (key, cost) == (f"`{by_name[name].key}`", by_name[name].cost), f"{name}: wrong key or cost class"
 
 
 def test_readme_table_check_fails_for_a_method_without_a_row(abs_cam):
@@ -170,9 +174,9 @@ def test_a_registered_method_is_written_by_explain(abs_cam, phantom_case, monkey
     monkeypatch.setattr(outputs, "write_panel", spy)
     out = phantom_case / "out"
     assert main(["explain", "--ct", str(phantom_case / "ct.nii.gz"), "--seg", str(phantom_case / "labels.nii.gz"),
-                 "--segment", "kidney", "--out", str(out), "--device", "cpu", "--method", TEST_KEY,
+                 "--label", "1", "--target-class", "kidney", "--out", str(out), "--device", "cpu", "--method", TEST_KEY,
                  "--method", "seg-hires-grad-cam"]) == 0
-    heat = sitk.GetArrayFromImage(sitk.ReadImage(str(out / f"kidney_{TEST_KEY}_bottleneck.nrrd")))
+    heat = sitk.GetArrayFromImage(sitk.ReadImage(str(out / f"kidney__M-label_1_{TEST_KEY}_bottleneck.nrrd")))
     assert heat.max() == pytest.approx(1.0)
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     record = summary["targets"][0]
@@ -192,10 +196,15 @@ def test_a_registered_method_is_in_the_evaluation_tables_and_plot_legends(abs_ca
     out = tmp_path / "eval"
     # seed 2: the random tiny model scores the phantom's tumour above its fully filled slice (y_0 > y_100%),
     # so deletion/insertion curves exist and are drawn
+    # Every registered method but seg-cam, which applies only at the layer feeding the head (dec1) and refuses
+    # the bottleneck, and the perturbation methods (a forward per channel, minutes here): evaluating every
+    # method where it applies is issue 11 part 3.
+    evaluated = [key for key, method in METHODS.items() if key != "seg-cam" and method.cost != "perturbation"]
     assert main(["evaluate", "--out", str(out), "--model", str(_tiny_model_file(tmp_path, 2)), "--no-real-ct",
-                 "--phantoms", "1", "--slices", "1", "--steps", "2", "--layer", "bottleneck"]) == 0  # no --method
+                 "--phantoms", "1", "--slices", "1", "--steps", "2", "--layer", "bottleneck",
+                 *(word for key in evaluated for word in ("--method", key))]) == 0
     record = json.loads((out / "run.json").read_text(encoding="utf-8"))
-    assert record["config"]["methods"] == list(METHODS)  # default: every registered method, the new one too
+    assert record["config"]["methods"] == evaluated  # every registered method asked for, the new one too
 
     def csv_rows(name):
         with (out / name).open(encoding="utf-8") as handle:
@@ -204,13 +213,13 @@ def test_a_registered_method_is_in_the_evaluation_tables_and_plot_legends(abs_ca
     assert TEST_KEY in {r["method"] for r in csv_rows("per_slice.csv")}
     assert TEST_KEY in {r["method"] for r in csv_rows("summary.csv")}
     compared = {r["other"] for r in csv_rows("comparisons.csv")}
-    assert compared == set(METHODS) - {"seg-hires-grad-cam"}  # nothing silently dropped
+    assert compared == set(evaluated) - {"seg-hires-grad-cam"}  # nothing silently dropped
     report = (out / "evaluation.md").read_text(encoding="utf-8")
     assert "Test Abs-Grad CAM" in report.splitlines()[0]
     assert re.search(r"^\| [^|]+ \| Test-Abs \| bottleneck \|", report, re.M)  # a table row
     assert "| vs Test-Abs |" in report  # a comparison column
     assert record["counts"]["phantom-7001/tumor"]["span_le_0_blur"] == 0, "no curve to draw: pick another seed"
-    assert {m.display_name for m in METHODS.values()} <= set(legends["curves_bottleneck.png"])
+    assert {METHODS[key].display_name for key in evaluated} <= set(legends["curves_bottleneck.png"])
     assert any(text.startswith("Test Abs-Grad CAM, ") for text in legends["sanity.png"])
 
 

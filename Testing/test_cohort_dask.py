@@ -10,7 +10,7 @@ import distributed
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from test_cohort_runner import read_summary, record, write_cohort
+from test_cohort_runner import PHANTOM_NAMES, read_summary, record, write_cohort, write_label_names
 
 from seghirescam.cohort.runner import BatchSettings, run_batch
 from seghirescam.cli import main
@@ -44,11 +44,12 @@ def _maps(out, case_id):
 @pytest.mark.slow
 def test_local_cluster_of_two_workers_matches_the_sequential_run(tmp_path):
     manifest, model = write_cohort(tmp_path / "data", 4)
-    sequential = run_batch(manifest, tmp_path / "seq", BatchSettings(model=str(model), device="cpu", figure=False),
+    sequential = run_batch(manifest, tmp_path / "seq", BatchSettings(model=str(model), label_names=PHANTOM_NAMES, device="cpu", figure=False),
                            progress=False)
     assert sequential.exit_code == 0
     code = main(["batch", str(manifest), "--out", str(tmp_path / "dask"), "--model", str(model), "--device", "cpu",
-                 "--no-figure", "--executor", "dask", "--workers", "2"])
+                 "--label-names", str(write_label_names(manifest.parent)), "--no-figure", "--executor", "dask",
+                 "--workers", "2"])
     assert code == 0
     workers = set()
     for expected in sequential.records:
@@ -70,12 +71,12 @@ def test_existing_scheduler_runs_cases_and_records_failures(tmp_path):
     manifest, model = write_cohort(tmp_path / "data", 1)
     manifest.write_text(manifest.read_text(encoding="utf-8") + "broken,missing_ct.nii.gz,case0_seg.nii.gz,kidney\n")
     with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
-        report = run_batch(manifest, tmp_path / "out", BatchSettings(model=str(model), device="cpu", figure=False),
+        report = run_batch(manifest, tmp_path / "out", BatchSettings(model=str(model), label_names=PHANTOM_NAMES, device="cpu", figure=False),
                            executor="dask", scheduler=cluster.scheduler_address, progress=False)
     assert report.exit_code == 1 and report.failed == ["broken"]
     assert record(tmp_path / "out", "broken")["error"]["type"] == "FileNotFoundError"
     assert record(tmp_path / "out", "case0")["status"] == "ok"
     with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
-        again = run_batch(manifest, tmp_path / "out", BatchSettings(model=str(model), device="cpu", figure=False),
+        again = run_batch(manifest, tmp_path / "out", BatchSettings(model=str(model), label_names=PHANTOM_NAMES, device="cpu", figure=False),
                           executor="dask", scheduler=cluster.scheduler_address, progress=False)
     assert [r["reused"] for r in again.records] == [True, False]  # finished case skipped, failed one retried

@@ -21,11 +21,12 @@ from seghirescam.cli import main
 from seghirescam.imaging.geometry import Geometry
 from seghirescam.cohort.manifest import ManifestError, read_manifest
 from seghirescam.models.loading import save_model, unet_card
-from seghirescam.synthetic.phantom import make_phantom
+from seghirescam.synthetic.phantom import LABELS, make_phantom
 from seghirescam.imaging.volumes import Volume, write_volume
 
 SHAPE, SPACING = (8, 64, 64), (5.0, 5.0, 20.0)  # (k, j, i) and (i, j, k) mm: kidney on 6-7 of 8 slices
-HIRES = "kidney_seg-hires-grad-cam_bottleneck.nrrd"
+HIRES = "kidney__M-kidney_seg-hires-grad-cam_bottleneck.nrrd"  # class kidney explained over the kidney segment
+PHANTOM_NAMES = {value: name for name, value in LABELS.items() if value}  # the phantoms' label value -> name
 KITS_IPL = (0.0, 0.0, 1.0, 0.0, 1.0, 0.0, -1.0, 0.0, 0.0)  # i -> Inferior, j -> Posterior, k -> Left (LPS)
 
 
@@ -69,8 +70,17 @@ def write_cohort(folder: Path, n: int) -> tuple[Path, Path]:
     return write_manifest(folder, rows), tiny_model(folder)
 
 
+def write_label_names(folder: Path) -> Path:
+    """``folder/label_names.json``: the phantoms' label names (NIfTI label files store none)."""
+    path = folder / "label_names.json"
+    path.write_text(json.dumps(PHANTOM_NAMES), encoding="utf-8")
+    return path
+
+
 def batch(manifest: Path, out: Path, model: Path, *extra: str) -> int:
-    return main(["batch", str(manifest), "--out", str(out), "--model", str(model), "--device", "cpu", *extra])
+    """``seghirescam batch`` on CPU with the phantoms' label names."""
+    return main(["batch", str(manifest), "--out", str(out), "--model", str(model), "--device", "cpu",
+                 "--label-names", str(write_label_names(manifest.parent)), *extra])
 
 
 def read_summary(out: Path) -> list[dict]:
@@ -154,14 +164,15 @@ def test_outputs_keep_the_ct_geometry_and_match_explain(tmp_path):
                                                                                       ("kits", "ok", "no")]
     assert float(read_summary(out)[0]["mass_inside_m[seg-hires-grad-cam@bottleneck]"]) > 0
     assert main(["explain", "--ct", str(data / "axial_ct.nii.gz"), "--seg", str(data / "axial_seg.nii.gz"),
-                 "--segment", "kidney", "--out", str(tmp_path / "explain"), "--model", str(model), "--device", "cpu"]) == 0
+                 "--segment", "kidney", "--label-names", str(write_label_names(data)), "--out", str(tmp_path / "explain"),
+                 "--model", str(model), "--device", "cpu"]) == 0
     np.testing.assert_array_equal(heat(tmp_path / "explain" / HIRES), heat(out / "axial" / HIRES))
 
 
 def test_rerun_skips_finished_cases_and_redoes_changed_ones(cohort, tmp_path):
     manifest, model = cohort
     out = tmp_path / "out"
-    settings = BatchSettings(model=str(model), device="cpu", figure=False)
+    settings = BatchSettings(model=str(model), label_names=PHANTOM_NAMES, device="cpu", figure=False)
     first = run_batch(manifest, out, settings, progress=False)
     assert first.exit_code == 0 and not any(r["reused"] for r in first.records)
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.nrrd")}
@@ -173,10 +184,10 @@ def test_rerun_skips_finished_cases_and_redoes_changed_ones(cohort, tmp_path):
     sitk.WriteImage(image, str(manifest.parent / "case1_ct.nii.gz"))
     changed = run_batch(manifest, out, settings, progress=False)
     assert [r["reused"] for r in changed.records] == [True, False]
-    fewer = run_batch(manifest, out, BatchSettings(model=str(model), device="cpu", figure=False,
+    fewer = run_batch(manifest, out, BatchSettings(model=str(model), label_names=PHANTOM_NAMES, device="cpu", figure=False,
                                                    methods=("seg-grad-cam",)), progress=False)
     assert not any(r["reused"] for r in fewer.records)
-    assert sorted(p.name for p in (out / "case0").iterdir()) == ["case.json", "kidney_seg-grad-cam_bottleneck.nrrd"]
+    assert sorted(p.name for p in (out / "case0").iterdir()) == ["case.json", "kidney__M-kidney_seg-grad-cam_bottleneck.nrrd"]
     assert not leftovers(out)
 
 
@@ -263,15 +274,15 @@ def test_ctrl_c_stops_the_run_with_code_130(tmp_path):
 def test_float16_maps_on_request_are_written_as_float32(cohort, tmp_path):
     manifest, model = cohort
     rows = read_manifest(manifest)[:1]
-    half = run_batch(rows, tmp_path / "half", BatchSettings(model=str(model), device="cpu", map_dtype="float16"),
+    half = run_batch(rows, tmp_path / "half", BatchSettings(model=str(model), label_names=PHANTOM_NAMES, device="cpu", map_dtype="float16"),
                      progress=False)
-    full = run_batch(rows, tmp_path / "full", BatchSettings(model=str(model), device="cpu", figure=False),
+    full = run_batch(rows, tmp_path / "full", BatchSettings(model=str(model), label_names=PHANTOM_NAMES, device="cpu", figure=False),
                      progress=False)
     assert half.exit_code == full.exit_code == 0 and half.records[0]["key"] != full.records[0]["key"]
     image = sitk.ReadImage(str(tmp_path / "half" / "case0" / HIRES))
     assert image.GetPixelID() == sitk.sitkFloat32
     np.testing.assert_allclose(sitk.GetArrayFromImage(image), heat(tmp_path / "full" / "case0" / HIRES), atol=1e-3)
-    assert (tmp_path / "half" / "case0" / "kidney_panel.png").stat().st_size > 10_000
+    assert (tmp_path / "half" / "case0" / "kidney__M-kidney_panel.png").stat().st_size > 10_000
 
 
 def test_cpu_auto_batch_is_capped_at_kits_slice_size():

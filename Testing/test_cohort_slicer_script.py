@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from conftest import require_module
 import SimpleITK as sitk
-from test_cohort_runner import read_summary, tiny_model, write_case, write_manifest
+from test_cohort_runner import PHANTOM_NAMES, read_summary, tiny_model, write_case, write_label_names, write_manifest
 
 from seghirescam.cohort.runner import BatchSettings, run_batch
 
@@ -44,7 +44,8 @@ def _read_scene(path: Path, cache: Path):
 
 def _run(manifest: Path, out: Path, model: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(SCRIPT), "--", str(manifest), str(out), "--model", str(model),
-                           "--device", "cpu"], capture_output=True, encoding="utf-8", errors="replace", timeout=300)
+                           "--device", "cpu", "--label-names", str(write_label_names(manifest.parent))],
+                          capture_output=True, encoding="utf-8", errors="replace", timeout=300)
 
 
 @pytest.mark.slow
@@ -65,7 +66,7 @@ def test_cohort_scenes_show_the_heatmap_over_the_ct(tmp_path, caplog):
 
     batch_out = tmp_path / "batch"
     run_batch(write_manifest(data, rows[:1], "first.csv"), batch_out,
-              BatchSettings(model=str(model), device="cpu", figure=False), progress=False)
+              BatchSettings(model=str(model), label_names=PHANTOM_NAMES, device="cpu", figure=False), progress=False)
     assert [r["status"] for r in read_summary(batch_out)] == ["ok"]
     for case_id in ("seg", "point"):
         session = _read_scene(out / f"{case_id}.mrb", tmp_path / "cache" / case_id)
@@ -83,7 +84,7 @@ def test_cohort_scenes_show_the_heatmap_over_the_ct(tmp_path, caplog):
         file_ct = sitk.GetArrayFromImage(sitk.ReadImage(str(data / ct)))
         np.testing.assert_array_equal(slicer.util.arrayFromVolume(ct_node), file_ct)
         if case_id == "seg":  # the Logic and `seghirescam batch` give the same map, voxel for voxel
-            batch_map = sitk.ReadImage(str(batch_out / "seg" / "kidney_seg-hires-grad-cam_bottleneck.nrrd"))
+            batch_map = sitk.ReadImage(str(batch_out / "seg" / "kidney__M-kidney_seg-hires-grad-cam_bottleneck.nrrd"))
             np.testing.assert_array_equal(heat_array, sitk.GetArrayFromImage(batch_map))
         else:  # M is a disc around the point (I, J, K) = (30, 32, 6): only slice k = 6 is explained
             assert np.flatnonzero(heat_array.any(axis=(1, 2))).tolist() == [6]
@@ -93,6 +94,7 @@ def test_cohort_scenes_show_the_heatmap_over_the_ct(tmp_path, caplog):
     cohort = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(cohort)
     with caplog.at_level(logging.INFO, logger="slicer_cohort"):
-        assert cohort.main(["--", str(manifest), str(out), "--model", str(model), "--device", "cpu"]) == 1
+        assert cohort.main(["--", str(manifest), str(out), "--model", str(model), "--device", "cpu",
+                            "--label-names", str(write_label_names(manifest.parent))]) == 1
     assert caplog.text.count("done earlier, skipped") == 2 and "empty failed" in caplog.text
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.mrb")} == stamps

@@ -202,7 +202,10 @@ def test_the_evaluate_command_writes_tables_plots_and_the_command(tmp_path, caps
     weights = save_model(model, card, tmp_path / "tiny.safetensors")
     out = tmp_path / "eval"
     argv = ["evaluate", "--out", str(out), "--model", str(weights), "--no-real-ct", "--phantoms", "1",
-            "--slices", "1", "--steps", "2", "--layer", "bottleneck", "--layer", "dec1", "--no-sanity"]
+            "--slices", "1", "--steps", "2", "--layer", "bottleneck", "--layer", "dec1", "--no-sanity",
+            # the three gradient methods this test was written for; seg-cam applies only at dec1 and the
+            # perturbation methods cost a forward per channel (issue 11 part 3 evaluates all methods)
+            "--method", "seg-hires-grad-cam", "--method", "seg-grad-cam", "--method", "seg-xres-cam"]
     assert main(argv) == 0
     assert "evaluation.md" in capsys.readouterr().out
     record = json.loads((out / "run.json").read_text(encoding="utf-8"))

@@ -135,6 +135,7 @@ def test_cli_explains_a_factory_model(tmp_path, weights, capsys):
     assert main(base + ["--model-factory", "factory_nets:tiny_segnet", "--model", str(weights), "--card",
                         str(card)]) == 0
     assert list((tmp_path / "out").glob("*_seg-hires-grad-cam_*.nrrd"))
+    base[base.index("--out") + 1] = str(tmp_path / "failed")  # a fresh folder: "out" holds the first run's results
     assert main(base + ["--model-factory", "factory_nets:tiny_segnet"]) == 2  # no weights
     assert main(base + ["--model-factory", "factory_nets:nowhere", "--model", str(weights), "--card", str(card)]) == 2
     err = capsys.readouterr().err

@@ -435,7 +435,7 @@ def test_cli_explains_an_nnunet_folder_on_the_ct_grid(folders, case, tmp_path, c
     ct_path, seg_path = _write_case(case, tmp_path / "case")
     out = tmp_path / "out"
     code = main(["explain", "--model", str(folders[config]), "--fold", "all", "--ct", str(ct_path), "--seg",
-                 str(seg_path), "--segment", "kidney", "--layer", "encoder.stages.1", "--out", str(out),
+                 str(seg_path), "--label", "1", "--target-class", "kidney", "--layer", "encoder.stages.1", "--out", str(out),
                  "--device", "cpu"])
     assert code == 0
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
@@ -446,7 +446,7 @@ def test_cli_explains_an_nnunet_folder_on_the_ct_grid(folders, case, tmp_path, c
     inside = np.zeros(pre.properties["shape_before_cropping"], bool)
     inside[tuple(slice(a, b) for a, b in pre.properties["bbox_used_for_cropping"])] = True
     for method in (HIRES, GRAD):
-        heat = sitk.ReadImage(str(out / f"kidney_{method}_encoder.stages.1.nrrd"))
+        heat = sitk.ReadImage(str(out / f"kidney__M-label_1_{method}_encoder.stages.1.nrrd"))
         assert heat.GetSize() == ct.GetSize()
         assert np.allclose(heat.GetSpacing(), ct.GetSpacing()) and np.allclose(heat.GetOrigin(), ct.GetOrigin())
         assert np.allclose(heat.GetDirection(), ct.GetDirection())

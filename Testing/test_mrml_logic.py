@@ -18,6 +18,7 @@ slicer = require_module("slicer")
 vtk = require_module("vtk")
 
 from seghirescam import ExplanationCancelled, UNet2D, explain_volume, predict_volume  # noqa: E402
+from seghirescam.cam.method_info import METHOD_INFO  # noqa: E402
 from seghirescam.imaging.geometry import Geometry  # noqa: E402
 from seghirescam.models.loading import LoadedModel, unet_card  # noqa: E402
 from seghirescam.mrml.logic import ATTRIBUTE_PREFIX, SegHiResCAMLogic, renderSliceView  # noqa: E402
@@ -138,6 +139,32 @@ def test_rerun_replaces_and_keep_previous_adds(real, model):
     assert all(real.scene.GetNodeByID(n.GetID()) is n for n in new.values())
     assert kept[KEY].GetName().startswith("Kept Seg-HiRes-Grad CAM")
     real.scene.RemoveNode(kept[KEY])
+
+
+def test_every_registered_method_runs_through_the_logic(real, model):
+    """Each method of the registry gives a heatmap node named by its display name, only on the slice holding M."""
+    before_ids = node_ids(real.scene)
+    with pytest.raises(ValueError, match="layer 'bottleneck' does not feed one: for this model CAM applies at 'dec1'"):
+        real.logic.process(real.ct, real.seg, real.segment_id, model=model, methods=("seg-cam",), device="cpu",
+                           pixelSet="slice", sliceIndex=85, keepPrevious=True)
+    assert node_ids(real.scene) == before_ids
+    keys = [key for key in METHOD_INFO if key != "seg-cam"]
+    nodes = real.logic.process(real.ct, real.seg, real.segment_id, model=model, methods=keys, pixelSet="slice",
+                               sliceIndex=85, device="cpu", batchSize=8, keepPrevious=True, outputPrefix="All")
+    nodes.update(real.logic.process(real.ct, real.seg, real.segment_id, model=model, methods=("seg-cam",), layers="dec1",
+                                    pixelSet="slice", sliceIndex=85, device="cpu", keepPrevious=True, outputPrefix="All"))
+    try:
+        assert set(nodes) == {(key, "bottleneck") for key in keys} | {("seg-cam", "dec1")}
+        shown = 0
+        for (key, _layer), node in nodes.items():
+            heat = slicer.util.arrayFromVolume(node)
+            assert not np.delete(heat, 85, axis=0).any(), key  # only the slice holding M is explained
+            shown += bool(heat[85].any())  # a random model may leave a method's map all <= 0 before the ReLU
+            assert node.GetName().startswith(f"All {METHOD_INFO[key].display_name} ")
+        assert shown >= len(nodes) - 3
+    finally:
+        for node in nodes.values():
+            real.scene.RemoveNode(node)
 
 
 def test_cancel_midway_leaves_the_scene_unchanged(real, model):

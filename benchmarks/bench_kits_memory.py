@@ -133,7 +133,8 @@ def _child(config: dict) -> dict:
         from seghirescam.ct.pipeline import explain_ct
 
         with _RSSPeak() as sampled:
-            case = prepare_case(config["ct"], config["labels"], loaded, label_values=[1], device="cpu")
+            case = prepare_case(config["ct"], config["labels"], loaded, label_values=[1], target_class="kidney",
+                                device="cpu")
             before_explain = time.perf_counter()
             result = explain_ct(case.ct, case.mask, loaded, case.target_class, device="cpu",
                                 map_dtype=np.dtype(config["dtype"]))
@@ -144,7 +145,7 @@ def _child(config: dict) -> dict:
         from seghirescam.cohort.settings import BatchSettings
         from seghirescam.cohort.manifest import CaseRow
 
-        row = CaseRow("kits", Path(config["ct"]), Path(config["labels"]), "1", (1,), None, None, None, 2)
+        row = CaseRow("kits", Path(config["ct"]), Path(config["labels"]), "1", (1,), None, None, "kidney", 2)
         settings = BatchSettings(model=str(config["model"]), device="cpu", map_dtype=config["dtype"])
         with _RSSPeak() as sampled:
             record = process_case(row, settings, config["out"])

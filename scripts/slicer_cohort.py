@@ -21,7 +21,6 @@ import argparse
 import dataclasses
 import json
 import logging
-import re
 import sys
 import time
 from pathlib import Path
@@ -38,7 +37,7 @@ import vtk
 from seghirescam.atomic import atomic_path, write_json_atomic
 from seghirescam.cam.engine import DEFAULT_METHODS
 from seghirescam.cohort.loop import run_cases
-from seghirescam.cohort.manifest import CaseRow, read_manifest
+from seghirescam.cohort.manifest import CaseRow, check_output_names, read_manifest
 from seghirescam.cohort.resume import case_key, with_model_digest
 from seghirescam.cohort.settings import BatchSettings
 from seghirescam.ct.cases import prepare_case, read_label_names
@@ -135,7 +134,8 @@ def run_case(row: CaseRow, args: argparse.Namespace, settings: BatchSettings, lo
     """One case into ``OUT/<case_id>.mrb``; returns the record's details."""
     scene, colors, _alive = new_scene()
     case = prepare_case(row.ct, row.seg, loaded, label_values=row.label_values, segment_name=row.segment_name,
-                        label_names=settings.label_names, target_class=row.target_class)
+                        label_names=settings.label_names, target_class=row.target_class,
+                        pixel_set="point" if row.point else "segment", point=row.point)  # M as the Logic makes it
     ct, segmentation, segment_id, point = add_case_nodes(scene, row, case)
     logic = SegHiResCAMLogic(scene, colorLogic=colors)
     results = []
@@ -146,10 +146,9 @@ def run_case(row: CaseRow, args: argparse.Namespace, settings: BatchSettings, lo
     # The heatmap files, panel and statistics as `seghirescam explain` and `batch` write them (one writer),
     # beside the scene bundle. The writer empties the dict it is given (it never changes the arrays), so it gets its own.
     result = dataclasses.replace(results[0], maps=dict(results[0].maps))
-    target = re.sub(r"[^A-Za-z0-9._-]+", "_", case.segment_name)
     folder = args.out / row.case_id
     folder.mkdir(parents=True, exist_ok=True)
-    written = write_case_outputs(folder, case, result, target, extension=".nrrd", figure=settings.figure)
+    written = write_case_outputs(folder, case, result, extension=".nrrd", figure=settings.figure)
     show_over_ct(scene, ct, next(iter(heatmaps.values())))
     final = args.out / f"{row.case_id}.mrb"
     with atomic_path(final, keep_name=True) as temporary:  # the bundle keeps the case's name inside
@@ -201,6 +200,7 @@ def main(argv: list[str]) -> int:
     args.out = args.out.resolve()  # Slicer writes scene bundles to full paths only
     try:
         rows = read_manifest(args.manifest)
+        check_output_names(rows, (), lambda case_id: (case_id, f"{case_id}.mrb", f"{case_id}.json"))
         settings = BatchSettings(model=str(args.model) if args.model else None,
                                  card=str(args.card) if args.card else None,
                                  methods=tuple(args.method or DEFAULT_METHODS),

@@ -20,7 +20,8 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["TEMPORARY_PREFIX", "atomic_path", "is_temporary", "write_text_atomic", "write_json_atomic"]
+__all__ = ["TEMPORARY_PREFIX", "atomic_path", "is_temporary", "remove_temporaries", "check_writable_folder",
+           "write_text_atomic", "write_json_atomic"]
 
 TEMPORARY_PREFIX = ".tmp-"
 
@@ -28,6 +29,68 @@ TEMPORARY_PREFIX = ".tmp-"
 def is_temporary(path: str | os.PathLike) -> bool:
     """Whether a file or folder name is one of ``atomic_path``'s temporary names."""
     return Path(path).name.startswith(TEMPORARY_PREFIX)
+
+
+def remove_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files and folders a killed writer left directly in ``folder``.
+
+    Only one writer may use a folder at a time (``seghirescam explain`` and ``batch`` take their output
+    folder for themselves), so every temporary name found there is a leftover.
+
+    Args:
+        folder: The folder to tidy (nothing happens when it does not exist).
+
+    Returns:
+        The paths removed.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for entry in folder.iterdir():
+        if is_temporary(entry):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    entry.unlink()
+            removed.append(entry)
+    return removed
+
+
+def check_writable_folder(folder: str | os.PathLike, option: str = "--out") -> Path:
+    """Create ``folder`` if needed and prove a file can be written there, before any work is done.
+
+    Args:
+        folder: The output folder.
+        option: The option that named it, for the message.
+
+    Returns:
+        ``folder`` as a ``Path``.
+
+    Raises:
+        NotADirectoryError: If ``folder`` (or a parent) is a file.
+        PermissionError: If the folder cannot be created or written (read-only disk, no permission).
+        OSError: For any other reason it cannot be written (e.g. a full disk).
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"{option} {folder} is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f"{TEMPORARY_PREFIX}{uuid.uuid4().hex[:8]}-write-test"
+        with probe.open("wb") as handle:
+            handle.write(b"0")
+        probe.unlink()
+    except FileExistsError:
+        raise NotADirectoryError(f"{option} {folder}: a part of the path is a file, not a folder") from None
+    except NotADirectoryError:
+        raise NotADirectoryError(f"{option} {folder}: a part of the path is a file, not a folder") from None
+    except PermissionError as error:
+        raise PermissionError(f"{option} {folder} is not writable: {error.strerror or error}") from None
+    except OSError as error:
+        raise OSError(error.errno, f"{option} {folder} cannot be written: {error.strerror or error}") from None
+    return folder
 
 
 @contextlib.contextmanager

@@ -14,6 +14,8 @@ _EXPORTS = {
     "METHODS": "seghirescam.cam.methods",
     "CAMMethod": "seghirescam.cam.methods",
     "seg_xres_cam": "seghirescam.cam.methods",
+    "seg_score_cam": "seghirescam.cam.methods",
+    "LayerContext": "seghirescam.cam.layer_context",
     "register_method": "seghirescam.cam.methods",
     "unregister_method": "seghirescam.cam.methods",
     "MethodInfo": "seghirescam.cam.method_info",

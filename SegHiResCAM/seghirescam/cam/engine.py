@@ -97,6 +97,9 @@ def gradient_maps(logits: torch.Tensor, activations: dict[str, torch.Tensor], we
         ValueError: If c is out of range, or a method that runs the network again gets no model.
     """
     check_target_class(target_class, logits.shape[1])
+    needing = [method.key for method in methods if method.model_pass is not None]
+    if needing and (model is None or x is None):
+        raise ValueError(f"{', '.join(needing)} run the network again: pass the model and its input")
     with torch.enable_grad():
         scores = target_scores(logits, weights, target_class)
         score = scores.sum()
@@ -161,11 +164,12 @@ def upsample_maps(maps: dict[MapKey, torch.Tensor], padded_size: tuple[int, int]
         height, width: The slices' own (H, W).
 
     Returns:
-        ``{(method, layer): (B, H, W)}``; one interpolation per layer (its maps stacked).
+        ``{(method, layer): (B, H, W)}``; one interpolation per layer and resolution (its maps stacked;
+        FullGrad's maps are at the input's resolution).
     """
     upsampled: dict[MapKey, torch.Tensor] = {}
-    for layer in dict.fromkeys(layer for _, layer in maps):  # one interpolation per layer (its own resolution)
-        keys = [key for key in maps if key[1] == layer]
+    for layer, shape in dict.fromkeys((layer, tuple(value.shape)) for (_, layer), value in maps.items()):
+        keys = [key for key, value in maps.items() if key[1] == layer and tuple(value.shape) == shape]
         stacked = torch.stack([maps[key] for key in keys], dim=1)  # (B, n_methods, h, w)
         stacked = F.interpolate(stacked.clamp_min(0), size=tuple(padded_size), mode="bilinear", align_corners=False)
         upsampled.update({key: stacked[:, index, :height, :width] for index, key in enumerate(keys)})
@@ -193,16 +197,20 @@ def _is_channels_last(model: nn.Module) -> bool:
 
 
 @contextmanager
-def _fast_model(model: nn.Module, device: torch.device, channels_last: bool | None) -> Iterator[nn.Module]:
-    """The model to run, in eval mode for the block: with ``channels_last`` (None: on the CPU) its
-    channels-last copy (``runtime.channels_last_model``), else the model itself.
+def _fast_model(model: nn.Module, device: torch.device, channels_last: bool | None,
+                methods: Sequence[CAMMethod]) -> Iterator[nn.Module]:
+    """The model to run, in eval mode for the block: with ``channels_last`` (None: on the CPU, for gradient
+    methods only) its channels-last copy (``runtime.channels_last_model``), else the model itself.
+
+    Methods with their own passes (``model_pass``: Ablation, Score, ...) divide by small differences of
+    scores, where the rounding differences of the NHWC kernels are not negligible: they run NCHW by default.
 
     The caller's model is put in eval mode too (with ``evaluation_mode``'s warning if it was training) and
     its flags are restored on exit.
     """
     with evaluation_mode(model):
         if channels_last is None:
-            channels_last = device.type == "cpu"
+            channels_last = device.type == "cpu" and all(getattr(m, "model_pass", None) is None for m in methods)
         if not channels_last:
             yield model
             return
@@ -236,8 +244,8 @@ def explain_slices(model: nn.Module, x: torch.Tensor, m: torch.Tensor, target_cl
         autocast: None/"fp32" (default), "bf16" (CUDA, or a CPU with bfloat16 in hardware; an approximate
             preview) or "fp16" (GPU only).
         pad_to_multiple: Pad H, W to this multiple (default: ``model.size_multiple`` or 1).
-        channels_last: Run the network channels-last (NHWC); None: on the CPU, where it is faster and
-            equal to NCHW to float32 rounding.
+        channels_last: Run the network channels-last (NHWC); None: on the CPU for gradient methods, where it
+            is faster and equal to NCHW to float32 rounding (methods with their own passes run NCHW).
 
     Returns:
         ``{(method, layer): maps}``, maps (B, H, W) float32 on x's device (raw: (B, h, w)).
@@ -268,8 +276,9 @@ def _explain_slices(model: nn.Module, x: torch.Tensor, m: torch.Tensor, target_c
     autocast = check_autocast(x.device, autocast)
     multiple = size_multiple(model, pad_to_multiple)
     layers = default_layers(explainable_layers(model)) if layers is None else layers
-    with _fast_model(model, x.device, channels_last) as fast:
-        return _explain_batch(fast, x, m.to(x.device), target_class, layers, _methods(methods), multiple, raw, autocast)
+    method_list = _methods(methods)
+    with _fast_model(model, x.device, channels_last, method_list) as fast:
+        return _explain_batch(fast, x, m.to(x.device), target_class, layers, method_list, multiple, raw, autocast)
 
 
 def _default_preprocess(slices: torch.Tensor) -> torch.Tensor:
@@ -340,7 +349,8 @@ def explain_volume(model: nn.Module, volume: np.ndarray, mask: np.ndarray, targe
         axis: The slicing axis of ``volume`` (0, 1, 2 or negative).
         batch_size: Slices per batch, or "auto": on the CPU at most ``CPU_AUTO_BATCH_PIXELS`` pixels per
             batch; on a GPU what fits a quarter of its free memory (one probe forward per model and slice
-            size, remembered). On CUDA out-of-memory the batch is halved and retried, with a warning.
+            size, remembered); 1 with a perturbation method, whose own forwards are batched over channels.
+            On CUDA out-of-memory the batch is halved and retried, with a warning.
         device: "auto" (CUDA, else MPS, else CPU), "cpu", "cuda", "cuda:N", "mps".
         normalize: "volume" (divide each map by its volume max), "slice" (each slice by its
             own max) or "none". Division happens only where the max is > 0.
@@ -355,7 +365,6 @@ def explain_volume(model: nn.Module, volume: np.ndarray, mask: np.ndarray, targe
         map_dtype: dtype of the returned maps (float32, or float16 to halve memory). float16 maps
             are kept relative to each slice's peak while explaining, so small CAM values do not
             underflow; with ``normalize="none"`` the raw values must fit float16.
-
         channels_last: As for ``explain_slices`` (None: channels-last on the CPU).
 
     Returns:
@@ -405,14 +414,17 @@ def _explain_volume(model: nn.Module, volume: np.ndarray, mask: np.ndarray, targ
         x = preprocess(raw_slices)
         return x, torch.from_numpy(masks[indices]).to(torch_device)
 
-    with _fast_model(work_model, torch_device, channels_last) as work_model:
-        if batch_size == "auto":
+    with _fast_model(work_model, torch_device, channels_last, method_list) as work_model:
+        auto = batch_size == "auto"
+        if auto:
             example = pad_slices(prepared(todo[:1])[0], multiple)[0]
             batch_size = auto_batch_size(work_model, example, len(todo), autocast=autocast, owner=model)
         elif isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int or 'auto', got {batch_size!r}")
         if any(method.cost == "perturbation" for method in method_list):  # printed by the CLI before they start
             log_cost_estimate(work_model, pad_slices(prepared(todo[:1])[0], multiple)[0], layers, method_list, len(todo))
+            if auto:  # their forwards are batched over channels; one slice per step keeps progress fine-grained
+                batch_size = 1
         done = 0
         while done < len(todo):
             if cancel is not None and cancel():

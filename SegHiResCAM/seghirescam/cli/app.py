@@ -35,8 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``seghirescam`` console script.
 
     Returns:
-        The process exit code: 0 success, 2 bad input (one line on stderr, no traceback), or the
-        subcommand's own code (``batch``: 1 when a case failed, 130 after Ctrl-C).
+        The process exit code: 0 success, 2 bad input (one line on stderr, no traceback), 130 after
+        Ctrl-C (no traceback), or the subcommand's own code (``batch``: 1 when a case failed).
     """
     args = _parser().parse_args(argv)
     verbose = args.verbose or args.command in _VERBOSE_BY_DEFAULT
@@ -47,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, OSError) as error:
         print(f"seghirescam {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # the command removed what it had half-written on its way out
+        print(f"seghirescam {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -70,5 +70,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"{ok} of {len(report.records)} cases ok ({reused} reused from an earlier run); summary: {report.summary}")
     for record in report.records:
         if record["status"] != "ok":
-            print(f"  failed {record['case_id']}: {record['error']['type']}: {record['error']['message']}")
+            kept = f" (the outputs of an earlier run are kept in {args.out / record['case_id']})" \
+                if record.get("kept_outputs") else ""
+            print(f"  failed {record['case_id']}: {record['error']['type']}: {record['error']['message']}{kept}")
     return report.exit_code

@@ -7,10 +7,11 @@ command, never at the top of a ``cli`` module.
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from seghirescam.cam.method_info import DEFAULT_METHOD_KEYS
+from seghirescam.cam.method_info import DEFAULT_METHOD_KEYS, METHOD_INFO
 from seghirescam.cam.vocabulary import (DEFAULT_NORMALIZATION, DEFAULT_POINT_RADIUS, DEFAULT_PRECISION, NORMALIZATIONS,
                                         PRECISIONS, help_text)
 from seghirescam.cli.method_option import add_method_option
@@ -18,7 +19,7 @@ from seghirescam.cli.method_option import add_method_option
 if TYPE_CHECKING:
     from seghirescam.models.explainable import ExplainableModel
 
-__all__ = ["add_model_options", "add_engine_options", "add_point_radius_option", "load_model_from_args",
+__all__ = ["add_model_options", "add_engine_options", "add_point_radius_option", "add_out_options", "load_model_from_args",
            "engine_options", "ProgressBar", "VOLUME_FORMATS"]
 
 VOLUME_FORMATS = (".nrrd", ".nii.gz", ".mha")
@@ -83,6 +84,14 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
                         help=help_text(PRECISIONS) + f" (default: {DEFAULT_PRECISION})")
 
 
+def add_out_options(parser: argparse.ArgumentParser) -> None:
+    """``--out`` (a folder the run owns, ``ct.run_folder``) and ``--overwrite``."""
+    parser.add_argument("--out", type=Path, required=True,
+                        help="output folder; must be empty or new unless --overwrite (checked before any work)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the results of an earlier run in --out (files of other programs are kept)")
+
+
 def add_point_radius_option(parser: argparse.ArgumentParser) -> None:
     """``--point-radius`` (default ``DEFAULT_POINT_RADIUS``)."""
     parser.add_argument("--point-radius", type=int, default=DEFAULT_POINT_RADIUS,
@@ -107,11 +116,18 @@ def load_model_from_args(args: argparse.Namespace) -> ExplainableModel:
 
 
 def engine_options(args: argparse.Namespace) -> dict:
-    """Keyword arguments of ``ExplainableModel.explain_ct`` from the engine options."""
-    options = {"methods": tuple(args.method or DEFAULT_METHOD_KEYS), "device": args.device,
-               "batch_size": args.batch_size, "normalize": args.normalize}
+    """Keyword arguments of ``ExplainableModel.explain_ct`` from the engine options.
+
+    When a perturbation method (one forward per channel and slice) is chosen, the engine's cost
+    estimate, logged at INFO by ``seghirescam.cam.perturbation`` before those forwards start, is let
+    through to the terminal.
+    """
+    methods = tuple(args.method or DEFAULT_METHOD_KEYS)
+    if any(METHOD_INFO[key].cost == "perturbation" for key in methods if key in METHOD_INFO):
+        logging.getLogger("seghirescam.cam.perturbation").setLevel(logging.INFO)
+    options = {"methods": methods, "device": args.device, "batch_size": args.batch_size, "normalize": args.normalize}
     if args.precision != DEFAULT_PRECISION:
-        options["autocast"] = args.precision
+        options["autocast"] = args.precision  # passed only when set: models written before the option work
     return options
 
 

@@ -1,19 +1,26 @@
 """One case of a cohort run: explanation, outputs published all at once, or a failure record.
 
-A case's outputs are written into ``OUT/.staging/<case_id>-<random>/`` (each file itself via
+A case's outputs are written into ``OUT/.staging/<random>-<case_id>/`` (each file itself via
 a temporary name and a rename), the JSON record last, and the folder is then renamed to
 ``OUT/<case_id>/``. A crash or Ctrl-C mid-case therefore leaves no partial case folder and no
-"ok" record. A finished case is skipped when its record has status "ok" and the same key
-(``resume``).
+"ok" record. An earlier folder of the case is first moved aside to ``OUT/.staging/old-<random>/``
+and deleted only once the new one is in place; a run killed between the two renames leaves it
+there, and the next run puts it back (``restore_moved_aside``).
+
+A failing re-run never deletes good outputs: when ``OUT/<case_id>/`` holds an "ok" record, it is
+kept as it is and the failure is written beside it as ``last_failure.json``; the record of the
+run says "failed" and names the kept outputs. A later run whose inputs are back as they were
+reuses the kept outputs (the resume key matches) and removes ``last_failure.json``.
+A finished case is skipped when its record has status "ok" and the same key (``resume``).
 Arrays are in the CT's (k, j, i) order.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
-import re
 import shutil
 import time
 import uuid
@@ -36,11 +43,13 @@ from seghirescam.ct.outputs import write_case_outputs
 from seghirescam.ct.pipeline import explain_ct
 from seghirescam.models.explainable import ExplainableModel
 
-__all__ = ["BatchJob", "STAGING", "process_case"]
+__all__ = ["BatchJob", "STAGING", "FAILURE_NAME", "process_case", "restore_moved_aside", "tidy_staging"]
 
 logger = logging.getLogger(__name__)
 
 STAGING = ".staging"
+FAILURE_NAME = "last_failure.json"  # beside kept outputs: the newest run of the case failed
+_MOVED_ASIDE = "old-"  # OUT/.staging/old-<random>/<case_id>: an earlier folder of a case, being replaced
 
 
 @functools.lru_cache(maxsize=1)
@@ -80,9 +89,8 @@ def _explain(row: CaseRow, settings: BatchSettings, loaded: ExplainableModel, fo
                         methods=settings.methods, device=device, batch_size=settings.batch_size,
                         normalize=settings.normalize, progress=progress, map_dtype=np.dtype(settings.map_dtype),
                         autocast=None if settings.precision == DEFAULT_PRECISION else settings.precision)
-    target, shape = re.sub(r"[^A-Za-z0-9._-]+", "_", case.segment_name), list(case.ct.array.shape)
-    written = write_case_outputs(folder, case, result, target, extension=settings.extension,
-                                 figure=settings.figure)
+    shape = list(case.ct.array.shape)
+    written = write_case_outputs(folder, case, result, extension=settings.extension, figure=settings.figure)
     return {**written, "files": {name: Path(p).name for name, p in written["files"].items()},
             "target_class": case.target_class, "target_class_name": loaded.class_names[case.target_class],
             "segment_name": case.segment_name, "label_values": case.label_values,
@@ -91,17 +99,67 @@ def _explain(row: CaseRow, settings: BatchSettings, loaded: ExplainableModel, fo
 
 
 def _publish(out: Path, case_id: str, folder: Path, record: dict) -> None:
-    """Write the record last, then swap the staged folder in for ``OUT/<case_id>``."""
+    """Write the record last, then swap the staged folder in for ``OUT/<case_id>``.
+
+    The earlier folder is moved aside first and deleted last; if the process dies in between,
+    ``restore_moved_aside`` puts it back at the next run.
+    """
     write_json_atomic(folder / RECORD_NAME, record)
-    final, old = out / case_id, out / STAGING / f"{case_id}-old-{uuid.uuid4().hex[:8]}"
+    final, holder = out / case_id, out / STAGING / f"{_MOVED_ASIDE}{uuid.uuid4().hex[:8]}"
     if final.exists():
-        os.rename(final, old)
-    os.rename(folder, final)
-    shutil.rmtree(old, ignore_errors=True)
+        holder.mkdir()
+        os.rename(final, holder / case_id)
+    try:
+        os.rename(folder, final)
+    except BaseException:  # e.g. Ctrl-C or a full disk: the earlier folder goes back at once
+        if (holder / case_id).exists() and not final.exists():
+            os.rename(holder / case_id, final)
+        raise
+    shutil.rmtree(holder, ignore_errors=True)
+
+
+def restore_moved_aside(out: str | os.PathLike) -> list[str]:
+    """Put back the case folders a killed run had moved aside but not yet replaced.
+
+    Args:
+        out: The cohort's output folder.
+
+    Returns:
+        The ids of the cases restored.
+    """
+    restored = []
+    for holder in sorted((Path(out) / STAGING).glob(f"{_MOVED_ASIDE}*")):
+        for folder in holder.iterdir():
+            if not (Path(out) / folder.name).exists():
+                os.rename(folder, Path(out) / folder.name)
+                restored.append(folder.name)
+                logger.warning("%s: restored the outputs of an earlier run that was stopped while replacing them",
+                               folder.name)
+    return restored
+
+
+def tidy_staging(out: str | os.PathLike, *, clear: bool) -> None:
+    """Restore moved-aside case folders, then remove the staging folder (``clear``: with whatever a
+    killed run left half-written; else only when it is empty, as a case may still be written elsewhere).
+
+    Only one run may use an output folder at a time.
+    """
+    staging = Path(out) / STAGING
+    if not staging.exists():
+        return
+    restore_moved_aside(out)
+    if clear:
+        shutil.rmtree(staging, ignore_errors=True)
+        return
+    for holder in staging.glob(f"{_MOVED_ASIDE}*"):
+        with contextlib.suppress(OSError):
+            holder.rmdir()  # emptied by the restore
+    with contextlib.suppress(OSError):
+        staging.rmdir()
 
 
 def _staging(out: Path, case_id: str) -> Path:
-    folder = out / STAGING / f"{case_id}-{uuid.uuid4().hex[:8]}"
+    folder = out / STAGING / f"{uuid.uuid4().hex[:8]}-{case_id}"
     folder.mkdir(parents=True)
     return folder
 
@@ -141,9 +199,16 @@ class BatchJob:
         return case_key(row, self.settings)
 
     def finished(self, row: CaseRow, key: str) -> dict | None:
-        """``OUT/<case_id>/case.json`` if it says "ok" with this key."""
+        """``OUT/<case_id>/case.json`` if it says "ok" with this key (a ``last_failure.json`` beside it,
+        from a run whose inputs were not as they are now, is then removed)."""
         previous = read_record(self.out / row.case_id)
-        return previous if previous and previous.get("status") == "ok" and previous.get("key") == key else None
+        if not (previous and previous.get("status") == "ok" and previous.get("key") == key):
+            return None
+        stale = self.out / row.case_id / FAILURE_NAME
+        if stale.exists():
+            stale.unlink()
+            logger.info("%s: the kept outputs match the inputs again; %s removed", row.case_id, FAILURE_NAME)
+        return previous
 
     def run(self, row: CaseRow, key: str, started: float) -> dict:
         """Explain into a staged folder, write the record last, publish the folder; on any exception
@@ -166,11 +231,19 @@ class BatchJob:
                 bar.close()
 
     def failed(self, row: CaseRow, error: BaseException, key: str | None, seconds: float) -> dict:
-        """Publish a "failed" record (error type and message) as the case's only output."""
+        """Record a failure: beside the case's earlier good outputs, which are kept (``last_failure.json``),
+        else as the case's only output (``case.json``)."""
         record = {**_base(row, self.settings), "status": "failed", "key": key, "device": None,
                   "seconds": round(seconds, 3), "error": {"type": type(error).__name__, "message": str(error)},
                   "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-        _publish(self.out, row.case_id, _staging(self.out, row.case_id), record)
+        previous = read_record(self.out / row.case_id)
+        if previous and previous.get("status") == "ok":
+            record["kept_outputs"] = {"record": f"{row.case_id}/{RECORD_NAME}", "finished": previous.get("finished"),
+                                      "key": previous.get("key")}
+            write_json_atomic(self.out / row.case_id / FAILURE_NAME, record)
+            logger.warning("%s failed; the outputs of its earlier run are kept (%s)", row.case_id, FAILURE_NAME)
+        else:
+            _publish(self.out, row.case_id, _staging(self.out, row.case_id), record)
         return record
 
 

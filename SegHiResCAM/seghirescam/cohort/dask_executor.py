@@ -14,12 +14,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
-import shutil
 import uuid
 import zlib
 from collections.abc import Iterator, Sequence
 
-from seghirescam.cohort.case_runner import STAGING, BatchJob
+from seghirescam.cohort.case_runner import BatchJob, tidy_staging
 from seghirescam.cohort.loop import process_one
 from seghirescam.cohort.manifest import CaseRow
 
@@ -119,7 +118,7 @@ def run_on_dask(rows: Sequence[CaseRow], job: BatchJob, *, scheduler: str | None
             client.close()
             cluster.close()
             client = cluster = None
-            shutil.rmtree(job.out / STAGING, ignore_errors=True)
+            tidy_staging(job.out, clear=True)
         raise
     finally:
         if client is not None:

@@ -16,10 +16,12 @@ from __future__ import annotations
 import csv
 import os
 import re
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["CaseRow", "ManifestError", "read_manifest", "REQUIRED_COLUMNS", "OPTIONAL_COLUMNS"]
+__all__ = ["CaseRow", "ManifestError", "read_manifest", "check_output_names", "REQUIRED_COLUMNS",
+           "OPTIONAL_COLUMNS"]
 
 REQUIRED_COLUMNS = ("case_id", "ct", "seg", "segment")
 OPTIONAL_COLUMNS = ("point", "target_class")
@@ -124,6 +126,33 @@ def read_manifest(path: str | os.PathLike) -> list[CaseRow]:
     if not rows:
         raise ManifestError(f"{path}: no cases")
     return rows
+
+
+def check_output_names(rows: Sequence[CaseRow], reserved: Iterable[str],
+                       names_of: Callable[[str], Iterable[str]] = lambda case_id: (case_id,)) -> None:
+    """Refuse, before any work, case ids whose outputs would land on another case's or on a run's own files.
+
+    Names are compared without regard to case (macOS and Windows folders do not tell ``A`` from ``a``).
+
+    Args:
+        rows: The cases.
+        reserved: Names the runner itself writes in the output folder (e.g. "summary.csv", ".staging").
+        names_of: The names a case writes in the output folder, from its id (default: its folder).
+
+    Raises:
+        ManifestError: Listing every collision with the case's manifest line.
+    """
+    owner: dict[str, str] = {name.lower(): "the run's own file" for name in reserved}
+    problems = []
+    for row in rows:
+        for name in names_of(row.case_id):
+            other = owner.setdefault(name.lower(), f"case {row.case_id!r} (line {row.line})")
+            if other != f"case {row.case_id!r} (line {row.line})":
+                problems.append(f"line {row.line}: case id {row.case_id!r} would write {name!r}, "
+                                f"which is {other} in the output folder")
+    if problems:
+        raise ManifestError(f"{len(problems)} case id(s) collide with other outputs, nothing was run:\n  "
+                            + "\n  ".join(problems))
 
 
 def _row(values: dict[str, str], folder: Path, line: int, first_line: dict[str, int]) -> CaseRow:

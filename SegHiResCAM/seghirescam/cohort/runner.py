@@ -8,32 +8,31 @@ or as tasks on a Dask cluster (``dask_executor``).
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import functools
 import io
 import logging
 import os
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from seghirescam.atomic import check_writable_folder, remove_temporaries, write_text_atomic
+from seghirescam.cohort.case_runner import STAGING, BatchJob, tidy_staging
 from seghirescam.cohort.executors import EXECUTORS
-from seghirescam.atomic import write_text_atomic
-from seghirescam.cohort.case_runner import STAGING, BatchJob
 from seghirescam.cohort.loop import run_cases, run_locally
-from seghirescam.cohort.manifest import CaseRow, read_manifest
+from seghirescam.cohort.manifest import CaseRow, check_output_names, read_manifest
 from seghirescam.cohort.resume import with_model_digest
 from seghirescam.cohort.settings import BatchSettings
 
-__all__ = ["run_batch", "BatchReport", "BatchSettings", "write_summary", "EXECUTORS", "SUMMARY_NAME"]
+__all__ = ["run_batch", "BatchReport", "BatchSettings", "write_summary", "EXECUTORS", "SUMMARY_NAME", "RUN_FILES"]
 
 logger = logging.getLogger(__name__)
 
 SUMMARY_NAME = "summary.csv"
+RUN_FILES = (SUMMARY_NAME, STAGING)  # what the run itself writes in OUT: no case id may take these names
 
 
 @dataclass
@@ -59,11 +58,16 @@ class BatchReport:
         return 1 if self.failed else 0
 
 
+def _error_text(record: dict) -> str:
+    text = f"{record['error']['type']}: {record['error']['message']}"
+    return text + " (the outputs of an earlier run are kept)" if record.get("kept_outputs") else text
+
+
 def write_summary(out: str | os.PathLike, records: Sequence[dict]) -> Path:
     """Write ``OUT/summary.csv`` atomically: one row per case.
 
     Columns: case_id, status, reused, seconds, slices_explained, device, target_class, one
-    ``mass_inside_m[<method>@<layer>]`` per map, error.
+    ``mass_inside_m[<method>@<layer>]`` per map, error (saying so when a failed case's earlier outputs were kept).
 
     Returns:
         The path written.
@@ -80,18 +84,17 @@ def write_summary(out: str | os.PathLike, records: Sequence[dict]) -> Path:
         writer.writerow([r["case_id"], r["status"], "yes" if r.get("reused") else "no", r.get("seconds", ""),
                          r.get("slices_explained", ""), r.get("device") or "", r.get("target_class_name", ""),
                          *(stats.get(name, {}).get("mass_inside_m", "") for name in maps),
-                         f"{error['type']}: {error['message']}" if error else ""])
+                         _error_text(r) if error else ""])
     return write_text_atomic(out / SUMMARY_NAME, buffer.getvalue(), newline="")
 
 
-def _remove_empty_staging(out: Path) -> None:
-    with contextlib.suppress(OSError):
-        (out / STAGING).rmdir()  # empty unless a case is still being written elsewhere
-
-
-def _clear_staging(out: Path) -> None:
-    """Remove what an earlier, killed run left half-written (one run per output folder at a time)."""
-    shutil.rmtree(out / STAGING, ignore_errors=True)
+def _recover(out: Path) -> None:
+    """Undo what an earlier, killed run left (one run per output folder at a time): case folders it had
+    moved aside come back, half-written staged cases and temporary files go."""
+    tidy_staging(out, clear=True)
+    for folder in (out, *(p for p in out.iterdir() if p.is_dir())):
+        for path in remove_temporaries(folder):
+            logger.info("removed %s, left by an interrupted run", path)
 
 
 def run_batch(manifest: str | os.PathLike | Sequence[CaseRow], out: str | os.PathLike,
@@ -116,7 +119,10 @@ def run_batch(manifest: str | os.PathLike | Sequence[CaseRow], out: str | os.Pat
         FileNotFoundError: If the manifest or the model is missing (before any work).
         CardError: If the model cannot be loaded (local executor: it is loaded once, before any case).
         ManifestError: For bad manifest rows (before any work).
+        ManifestError: For case ids that would write onto the run's own files or each other's
+            (``RUN_FILES``; names compared without regard to case), before any work.
         ValueError: For an unknown executor or conflicting options.
+        OSError: If the output folder cannot be written (a file, no permission, a full disk), before any work.
         KeyboardInterrupt: After cleaning up and writing the summary of the finished cases.
     """
     if executor not in EXECUTORS:
@@ -126,10 +132,10 @@ def run_batch(manifest: str | os.PathLike | Sequence[CaseRow], out: str | os.Pat
     if scheduler and workers:
         raise ValueError("give either --scheduler (an existing cluster) or --workers (a local one), not both")
     rows = read_manifest(manifest) if isinstance(manifest, (str, os.PathLike)) else list(manifest)
+    check_output_names(rows, RUN_FILES)
     settings = with_model_digest(settings)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    _clear_staging(out)
+    out = check_writable_folder(out)
+    _recover(out)
     if executor == "dask":
         from seghirescam.cohort.dask_executor import run_on_dask
 
@@ -144,11 +150,11 @@ def run_batch(manifest: str | os.PathLike | Sequence[CaseRow], out: str | os.Pat
             records = run_cases(rows, job, on_result=lambda r: finished.__setitem__(r["case_id"], r),
                                 execute=execute, progress=progress)
     except KeyboardInterrupt:
-        _remove_empty_staging(out)
+        tidy_staging(out, clear=False)
         summary = write_summary(out, [finished[row.case_id] for row in rows if row.case_id in finished])
         logger.warning("interrupted: %d of %d cases finished; summary in %s", len(finished), len(rows), summary)
         raise
-    _remove_empty_staging(out)
+    tidy_staging(out, clear=False)
     report = BatchReport(records, write_summary(out, records))
     logger.info("%d cases: %d ok, %d failed", len(records), len(records) - len(report.failed), len(report.failed))
     return report
