@@ -205,7 +205,8 @@ def _bad(model, **changes):
     (dict(axis=3), ValueError, "axis"),
     (dict(batch_size=0), ValueError, "batch_size"),
     (dict(device="cuda:0"), ValueError, "CUDA is not available"),
-    (dict(autocast="bf16", device="cpu"), ValueError, "GPU"),
+    (dict(autocast="fp16", device="cpu"), ValueError, "GPU"),
+    (dict(autocast="fp8", device="cpu"), ValueError, "autocast must be"),
 ])
 def test_bad_input_is_named(small_unet, changes, error, message):
     if changes.get("device") == "cuda:0" and torch.cuda.is_available():
@@ -257,9 +258,9 @@ def test_auto_batch_size_fits_the_memory(small_unet, monkeypatch):
     from seghirescam.cam import runtime
 
     example = torch.zeros(1, 1, 64, 64)
-    assert runtime.auto_batch_size(small_unet, example, n_slices=100) == 16  # CPU cap, plenty of memory
-    assert runtime.auto_batch_size(small_unet, example, n_slices=5) == 5
+    assert runtime.memory_batch_size(small_unet, example, n_slices=100) == 16  # cap, plenty of memory
+    assert runtime.memory_batch_size(small_unet, example, n_slices=5) == 5
     monkeypatch.setattr(runtime, "_available_bytes", lambda device: 4 * 3 * 2_000_000)
-    assert 1 <= runtime.auto_batch_size(small_unet, example, n_slices=100) < 16
+    assert 1 <= runtime.memory_batch_size(small_unet, example, n_slices=100) < 16
     monkeypatch.setattr(runtime, "_available_bytes", lambda device: 0)
-    assert runtime.auto_batch_size(small_unet, example, n_slices=100) == 1
+    assert runtime.memory_batch_size(small_unet, example, n_slices=100) == 1

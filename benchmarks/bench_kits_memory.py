@@ -10,10 +10,12 @@ fresh child process, so its peak resident memory (``ru_maxrss``) is the case's o
 
 each at the default settings (two methods, bottleneck, float32 maps) and with float16 maps.
 ``--orientation kits`` stores the CT as the KiTS23 NIfTI files do (axial axis last in numpy
-order, direction IPL), which exercises the reorientation path.
+order, direction IPL), which exercises the reorientation path; ``--orientation both`` runs the two
+layouts interleaved over ``--rounds`` (axial, kits, then kits, axial, ...) and prints the per-round
+ratios kits / axial of the explain time and of the peak memory (medians).
 
-    python benchmarks/bench_kits_memory.py [--slices 600] [--size 512] [--orientation axial|kits]
-        [--band 192] [--model FILE] [--work DIR] [--runs explain,case] [--dtypes float32,float16]
+    python benchmarks/bench_kits_memory.py [--slices 600] [--size 512] [--orientation axial|kits|both]
+        [--rounds 1] [--band 192] [--model FILE] [--work DIR] [--runs explain,case] [--dtypes float32,float16]
 
 Uses the shipped model when present, else an untrained U-Net of the default architecture
 (speed and memory do not depend on the weights).
@@ -23,8 +25,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -161,7 +165,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--slices", type=int, default=600)
     parser.add_argument("--size", type=int, default=512)
-    parser.add_argument("--orientation", default="axial", choices=("axial", "kits"))
+    parser.add_argument("--orientation", default="axial", choices=("axial", "kits", "both"))
+    parser.add_argument("--rounds", type=int, default=1, help="repetitions (interleaved with --orientation both)")
     parser.add_argument("--model", help="weights file (default: the shipped model, else an untrained one)")
     parser.add_argument("--work", type=Path, help="folder for the phantom files (default: a temporary folder)")
     parser.add_argument("--runs", default="explain,case")
@@ -184,26 +189,46 @@ def main() -> None:
                           "threads": torch.get_num_threads(), "seconds": round(time.perf_counter() - started)}))
         return
     # This process stays small: a child's ru_maxrss starts from its parent's size at fork time.
+    orientations = ("axial", "kits") if args.orientation == "both" else (args.orientation,)
     with tempfile.TemporaryDirectory() as temporary:
         work = args.work or Path(temporary)
         work.mkdir(parents=True, exist_ok=True)
-        command = [sys.executable, __file__, "--prepare", str(work), "--slices", str(args.slices), "--size",
-                   str(args.size), "--orientation", args.orientation, "--band", str(args.band)]
-        prepared = json.loads(subprocess.run(command + (["--model", args.model] if args.model else []), check=True,
-                                             capture_output=True, text=True).stdout.strip().splitlines()[-1])
-        print(f"phantom {args.size} x {args.size} x {args.slices} ({args.orientation}, labels in {args.band or 'all'} "
-              f"slices): {prepared['ct']}; model {prepared['model']}; torch {prepared['torch']}, "
-              f"{prepared['threads']} CPU threads", flush=True)
-        for run in args.runs.split(","):
-            for dtype in args.dtypes.split(","):
-                config = {"run": run, "dtype": dtype, "ct": prepared["ct"], "labels": prepared["labels"],
-                          "model": prepared["model"], "orientation": args.orientation,
-                          "out": str(work / f"out-{run}-{dtype}")}
-                shutil.rmtree(config["out"], ignore_errors=True)  # a finished case would be skipped
-                done = subprocess.run([sys.executable, __file__, "--child", json.dumps(config)], check=True,
-                                      capture_output=True, text=True)
-                print(done.stdout.strip().splitlines()[-1], flush=True)
-
+        prepared = {}
+        for orientation in orientations:
+            command = [sys.executable, __file__, "--prepare", str(work), "--slices", str(args.slices), "--size",
+                       str(args.size), "--orientation", orientation, "--band", str(args.band)]
+            prepared[orientation] = json.loads(subprocess.run(
+                command + (["--model", args.model] if args.model else []), check=True, capture_output=True,
+                text=True).stdout.strip().splitlines()[-1])
+            print(f"phantom {args.size} x {args.size} x {args.slices} ({orientation}, labels in {args.band or 'all'} "
+                  f"slices): {prepared[orientation]['ct']}; model {prepared[orientation]['model']}; torch "
+                  f"{prepared[orientation]['torch']}, {prepared[orientation]['threads']} CPU threads; load average "
+                  f"{' '.join(f'{v:.2f}' for v in os.getloadavg())}", flush=True)
+        results: dict[tuple[str, str, str], list[dict]] = {}
+        for round_index in range(args.rounds):
+            order = orientations if round_index % 2 == 0 else orientations[::-1]
+            for run in args.runs.split(","):
+                for dtype in args.dtypes.split(","):
+                    for orientation in order:
+                        config = {"run": run, "dtype": dtype, "ct": prepared[orientation]["ct"],
+                                  "labels": prepared[orientation]["labels"], "model": prepared[orientation]["model"],
+                                  "orientation": orientation, "out": str(work / f"out-{run}-{dtype}-{orientation}")}
+                        shutil.rmtree(config["out"], ignore_errors=True)  # a finished case would be skipped
+                        done = subprocess.run([sys.executable, __file__, "--child", json.dumps(config)], check=True,
+                                              capture_output=True, text=True)
+                        line = done.stdout.strip().splitlines()[-1]
+                        results.setdefault((run, dtype, orientation), []).append(json.loads(line))
+                        print(line, flush=True)
+        if len(orientations) == 2:
+            for (run, dtype, orientation), axial in results.items():
+                if orientation != "axial":
+                    continue
+                kits = results[(run, dtype, "kits")]
+                for field in ("explain_seconds", "peak_rss_gb"):
+                    ratios = [k[field] / a[field] for k, a in zip(kits, axial)]
+                    print(f"{run} {dtype}: kits / axial {field} per round {[round(r, 3) for r in ratios]}, "
+                          f"median {statistics.median(ratios):.3f}")
+        print(f"load average after {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
 
 if __name__ == "__main__":
     main()

@@ -4,13 +4,17 @@ Array orders crossing this boundary:
 - ``explain_slices``: x (B, C, H, W) tensor, m (B, H, W) bool tensor -> maps (B, H, W).
 - ``explain_volume``: volume and mask of any 3D shape; slices are taken along ``axis``;
   maps come back in the volume's own shape and order.
+
+On the CPU the network runs on a channels-last copy of the model (exact to float32 rounding, faster);
+the engine leaves ``torch.inference_mode`` for its own work, so it can be called inside it.
 """
 
 from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -26,17 +30,14 @@ from seghirescam.cam.layers import default_layers, explainable_layers
 from seghirescam.cam.normalization import check_normalize, normalize_maps
 from seghirescam.cam.padding import pad_slices, size_multiple
 from seghirescam.cam.result import ExplanationCancelled, ExplanationResult
-from seghirescam.cam.runtime import auto_batch_size, autocast_context, is_out_of_memory, model_on_device, resolve_device
+from seghirescam.cam.runtime import (CPU_AUTO_BATCH_PIXELS, auto_batch_size, autocast_context, channels_last_model,
+                                     check_autocast, is_out_of_memory, model_on_device, resolve_device)
 from seghirescam.cam.validation import check_target_class, check_volume_inputs
 from seghirescam.cam.vocabulary import DEFAULT_NORMALIZATION
 
-__all__ = ["explain_slices", "explain_volume", "DEFAULT_METHODS"]
+__all__ = ["explain_slices", "explain_volume", "DEFAULT_METHODS", "CPU_AUTO_BATCH_PIXELS"]
 
 DEFAULT_METHODS = DEFAULT_METHOD_KEYS  # kept in the registry's torch-free metadata, which the GUI reads too
-# "auto" on the CPU: at most this many pixels per batch. Larger CPU batches are slower (measured: 8.7 slices/s
-# at batch 2 vs 7.0 at batch 8, 256 x 256, 2 cores) and each
-# 512 x 512 slice of the default U-Net costs about 0.3 GB while it is explained.
-CPU_AUTO_BATCH_PIXELS = 2 * 256 * 256
 MapKey = tuple[str, str]
 Preprocess = Callable[[torch.Tensor], torch.Tensor]
 
@@ -130,17 +131,27 @@ def layer_maps(model: nn.Module, x: torch.Tensor, weights: torch.Tensor, target_
         weights: (B, *S) float or bool: each logit's weight in y.
         target_class: Class c.
         layers, methods: What to explain.
-        autocast: None, "bf16" or "fp16" (GPU only).
+        autocast: None/"fp32", "bf16" (CUDA, or a CPU with bfloat16 in hardware) or "fp16" (GPU only):
+            the forward runs under ``torch.autocast``; the maps are computed in float32 from its results.
         cancel: Asked between the extra passes of methods that run the network again.
 
     Returns:
         ({(method, layer): (B, *s) float32 pre-ReLU maps (FullGrad: (B, *S))}, y as a float).
 
     Raises:
-        ValueError: If the logits do not have the input's batch and spatial shape, or c is out of range.
+        ValueError: If the logits do not have the input's batch and spatial shape, or c is out of range,
+            or the precision is unknown or not supported by the device.
     """
-    logits, activations = forward_with_graph(model, x, layers, autocast)
-    return gradient_maps(logits, activations, weights, target_class, methods, model=model, x=x, cancel=cancel)
+    with torch.inference_mode(False):  # called inside torch.inference_mode(): its own work runs outside it
+        x, weights = _normal(x), _normal(weights)
+        logits, activations = forward_with_graph(model, x, layers, autocast)
+        return gradient_maps(logits, activations, weights, target_class, methods, model=model, x=x, cancel=cancel)
+
+
+def _normal(tensor: torch.Tensor) -> torch.Tensor:
+    """The tensor, or a normal copy of an inference tensor (made in ``torch.inference_mode``), which autograd
+    could not save for the backward."""
+    return tensor.clone() if tensor.is_inference() else tensor
 
 
 def upsample_maps(maps: dict[MapKey, torch.Tensor], padded_size: tuple[int, int],
@@ -171,10 +182,41 @@ def _explain_batch(model: nn.Module, x: torch.Tensor, m: torch.Tensor, target_cl
     """Maps for one prepared batch of slices; the model is in eval mode on x's device."""
     height, width = x.shape[-2:]
     xp, mp = pad_slices(x, multiple, m)
+    if _is_channels_last(model):
+        xp = xp.contiguous(memory_format=torch.channels_last)
     maps, _score = layer_maps(model, xp, mp, target_class, layers, methods, autocast, cancel)
     if raw:
         return maps
     return upsample_maps(maps, tuple(xp.shape[-2:]), height, width)
+
+
+def _is_channels_last(model: nn.Module) -> bool:
+    """Whether the model's first 4D parameter is stored channels-last (the input is then given so too)."""
+    weight = next((p for p in model.parameters() if p.ndim == 4), None)
+    return weight is not None and weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+
+
+@contextmanager
+def _fast_model(model: nn.Module, device: torch.device, channels_last: bool | None,
+                methods: Sequence[CAMMethod]) -> Iterator[nn.Module]:
+    """The model to run, in eval mode for the block: with ``channels_last`` (None: on the CPU, for gradient
+    methods only) its channels-last copy (``runtime.channels_last_model``), else the model itself.
+
+    Methods with their own passes (``model_pass``: Ablation, Score, ...) divide by small differences of
+    scores, where the rounding differences of the NHWC kernels are not negligible: they run NCHW by default.
+
+    The caller's model is put in eval mode too (with ``evaluation_mode``'s warning if it was training) and
+    its flags are restored on exit.
+    """
+    with evaluation_mode(model):
+        if channels_last is None:
+            channels_last = device.type == "cpu" and all(getattr(m, "model_pass", None) is None for m in methods)
+        if not channels_last:
+            yield model
+            return
+        fast = channels_last_model(model)
+        with evaluation_mode(fast):
+            yield fast
 
 
 def _methods(methods: Sequence[str | CAMMethod] | str | CAMMethod) -> list[CAMMethod]:
@@ -185,7 +227,7 @@ def _methods(methods: Sequence[str | CAMMethod] | str | CAMMethod) -> list[CAMMe
 def explain_slices(model: nn.Module, x: torch.Tensor, m: torch.Tensor, target_class: int, *,
                    layers: Sequence[str] | None = None, methods: Sequence[str | CAMMethod] = DEFAULT_METHODS,
                    raw: bool = False, autocast: str | None = None,
-                   pad_to_multiple: int | None = None) -> dict[MapKey, torch.Tensor]:
+                   pad_to_multiple: int | None = None, channels_last: bool | None = None) -> dict[MapKey, torch.Tensor]:
     """Explain a batch of 2D slices.
 
     Args:
@@ -199,16 +241,29 @@ def explain_slices(model: nn.Module, x: torch.Tensor, m: torch.Tensor, target_cl
         methods: Names from ``seghirescam.cam.methods.METHODS`` or ``CAMMethod`` objects.
         raw: If True, return maps at layer resolution (of the padded input) before ReLU and
             upsampling, e.g. to check HiResCAM's exactness.
-        autocast: None, "bf16" or "fp16" (GPU only).
+        autocast: None/"fp32" (default), "bf16" (CUDA, or a CPU with bfloat16 in hardware; an approximate
+            preview) or "fp16" (GPU only).
         pad_to_multiple: Pad H, W to this multiple (default: ``model.size_multiple`` or 1).
+        channels_last: Run the network channels-last (NHWC); None: on the CPU for gradient methods, where it
+            is faster and equal to NCHW to float32 rounding (methods with their own passes run NCHW).
 
     Returns:
         ``{(method, layer): maps}``, maps (B, H, W) float32 on x's device (raw: (B, h, w)).
 
     Raises:
-        ValueError: For wrong shapes, an unknown layer or method, a class out of range.
+        ValueError: For wrong shapes, an unknown layer or method, a class out of range, a precision the
+            device has no hardware for.
         TypeError: If m is not boolean.
     """
+    with torch.inference_mode(False):
+        return _explain_slices(model, x, m, target_class, layers, methods, raw, autocast, pad_to_multiple,
+                               channels_last)
+
+
+def _explain_slices(model: nn.Module, x: torch.Tensor, m: torch.Tensor, target_class: int,
+                    layers: Sequence[str] | None, methods: Sequence[str | CAMMethod], raw: bool, autocast: str | None,
+                    pad_to_multiple: int | None, channels_last: bool | None) -> dict[MapKey, torch.Tensor]:
+    """``explain_slices`` outside inference mode."""
     if not isinstance(x, torch.Tensor) or x.ndim != 4:
         raise ValueError(f"x must be a (B, C, H, W) tensor, got {getattr(x, 'shape', type(x).__name__)}")
     if not isinstance(m, torch.Tensor) or m.dtype != torch.bool:
@@ -218,10 +273,12 @@ def explain_slices(model: nn.Module, x: torch.Tensor, m: torch.Tensor, target_cl
     if not torch.isfinite(x).all():
         raise ValueError("x holds NaN or Inf values")
     check_target_class(target_class, getattr(model, "num_classes", None))
+    autocast = check_autocast(x.device, autocast)
     multiple = size_multiple(model, pad_to_multiple)
     layers = default_layers(explainable_layers(model)) if layers is None else layers
-    with evaluation_mode(model):
-        return _explain_batch(model, x, m.to(x.device), target_class, layers, _methods(methods), multiple, raw, autocast)
+    method_list = _methods(methods)
+    with _fast_model(model, x.device, channels_last, method_list) as fast:
+        return _explain_batch(fast, x, m.to(x.device), target_class, layers, method_list, multiple, raw, autocast)
 
 
 def _default_preprocess(slices: torch.Tensor) -> torch.Tensor:
@@ -274,14 +331,15 @@ def explain_volume(model: nn.Module, volume: np.ndarray, mask: np.ndarray, targe
                    normalize: str = DEFAULT_NORMALIZATION, preprocess: Preprocess | None = None,
                    progress: Callable[[int, int], None] | None = None, cancel: Callable[[], bool] | None = None,
                    autocast: str | None = None, pad_to_multiple: int | None = None,
-                   map_dtype: np.dtype | type = np.float32) -> ExplanationResult:
+                   map_dtype: np.dtype | type = np.float32, channels_last: bool | None = None) -> ExplanationResult:
     """Explain a whole volume slice by slice, in batches.
 
     Args:
         model: Maps (B, C, H, W) to logits (B, classes, H, W). Left as found: a model on
             another device is copied, not moved; training mode is restored (see
             ``explain_slices``).
-        volume: 3D array; slices are ``np.take(volume, s, axis)``. Any numeric dtype.
+        volume: 3D array; slices are ``np.take(volume, s, axis)``. Any numeric dtype, any strides: a
+            reoriented view (``SliceOrientation.to_slices``) is read as it is, without a copy.
         mask: Bool array of the volume's shape: the pixel set M of each slice. Slices with
             an empty M are not run; their maps are 0 and they are counted as skipped.
         target_class: Class c.
@@ -289,9 +347,10 @@ def explain_volume(model: nn.Module, volume: np.ndarray, mask: np.ndarray, targe
             ("bottleneck" if the model has it).
         methods: Method names or ``CAMMethod`` objects.
         axis: The slicing axis of ``volume`` (0, 1, 2 or negative).
-        batch_size: Slices per batch, or "auto" (fits a quarter of free memory; 1 with a perturbation
-            method, whose own forwards are batched over channels). On CUDA out-of-memory the batch is
-            halved and retried, with a warning.
+        batch_size: Slices per batch, or "auto": on the CPU at most ``CPU_AUTO_BATCH_PIXELS`` pixels per
+            batch; on a GPU what fits a quarter of its free memory (one probe forward per model and slice
+            size, remembered); 1 with a perturbation method, whose own forwards are batched over channels.
+            On CUDA out-of-memory the batch is halved and retried, with a warning.
         device: "auto" (CUDA, else MPS, else CPU), "cpu", "cuda", "cuda:N", "mps".
         normalize: "volume" (divide each map by its volume max), "slice" (each slice by its
             own max) or "none". Division happens only where the max is > 0.
@@ -300,11 +359,13 @@ def explain_volume(model: nn.Module, volume: np.ndarray, mask: np.ndarray, targe
             the channel axis.
         progress: Called as progress(done, total) after each batch (slices explained so far).
         cancel: Called before each batch; returning True raises ``ExplanationCancelled``.
-        autocast: None, "bf16" or "fp16" (GPU only).
+        autocast: None/"fp32" (default), "bf16" (CUDA, or a CPU with bfloat16 in hardware; an approximate
+            preview, refused elsewhere) or "fp16" (GPU only).
         pad_to_multiple: Pad slices to this multiple (default: ``model.size_multiple`` or 1).
         map_dtype: dtype of the returned maps (float32, or float16 to halve memory). float16 maps
             are kept relative to each slice's peak while explaining, so small CAM values do not
             underflow; with ``normalize="none"`` the raw values must fit float16.
+        channels_last: As for ``explain_slices`` (None: channels-last on the CPU).
 
     Returns:
         An ``ExplanationResult``; ``result[(method, layer)]`` is an array of the volume's shape.
@@ -313,6 +374,20 @@ def explain_volume(model: nn.Module, volume: np.ndarray, mask: np.ndarray, targe
         ValueError, TypeError: For bad input, with a message naming the problem.
         ExplanationCancelled: If ``cancel()`` returned True.
     """
+    with torch.inference_mode(False):
+        return _explain_volume(model, volume, mask, target_class, layers=layers, methods=methods, axis=axis,
+                               batch_size=batch_size, device=device, normalize=normalize, preprocess=preprocess,
+                               progress=progress, cancel=cancel, autocast=autocast, pad_to_multiple=pad_to_multiple,
+                               map_dtype=map_dtype, channels_last=channels_last)
+
+
+def _explain_volume(model: nn.Module, volume: np.ndarray, mask: np.ndarray, target_class: int, *,
+                    layers: Sequence[str] | None, methods: Sequence[str | CAMMethod], axis: int,
+                    batch_size: int | str, device: str | torch.device, normalize: str, preprocess: Preprocess | None,
+                    progress: Callable[[int, int], None] | None, cancel: Callable[[], bool] | None,
+                    autocast: str | None, pad_to_multiple: int | None, map_dtype: np.dtype | type,
+                    channels_last: bool | None) -> ExplanationResult:
+    """``explain_volume`` outside inference mode."""
     started = time.perf_counter()
     volume, mask, axis = check_volume_inputs(volume, mask, axis)
     method_list = _methods(methods)
@@ -324,6 +399,7 @@ def explain_volume(model: nn.Module, volume: np.ndarray, mask: np.ndarray, targe
     if todo.size == 0:
         raise ValueError("the pixel set M is empty on every slice: nothing to explain")
     torch_device = resolve_device(device)
+    autocast = check_autocast(torch_device, autocast)
     work_model = model_on_device(model, torch_device)
     preprocess = preprocess or _default_preprocess
     multiple = size_multiple(work_model, pad_to_multiple)
@@ -338,13 +414,11 @@ def explain_volume(model: nn.Module, volume: np.ndarray, mask: np.ndarray, targe
         x = preprocess(raw_slices)
         return x, torch.from_numpy(masks[indices]).to(torch_device)
 
-    with evaluation_mode(work_model):
+    with _fast_model(work_model, torch_device, channels_last, method_list) as work_model:
         auto = batch_size == "auto"
         if auto:
             example = pad_slices(prepared(todo[:1])[0], multiple)[0]
-            batch_size = auto_batch_size(work_model, example, len(todo))
-            if torch_device.type == "cpu":
-                batch_size = max(1, min(batch_size, CPU_AUTO_BATCH_PIXELS // (example.shape[-2] * example.shape[-1])))
+            batch_size = auto_batch_size(work_model, example, len(todo), autocast=autocast, owner=model)
         elif isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int or 'auto', got {batch_size!r}")
         if any(method.cost == "perturbation" for method in method_list):  # printed by the CLI before they start

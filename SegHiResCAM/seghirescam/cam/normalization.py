@@ -39,7 +39,7 @@ def normalize_maps(stack: np.ndarray, mode: str) -> np.ndarray:
     scales = np.ones(stack.shape[0])
     if mode == "none" or stack.size == 0:
         return scales
-    maxima = stack.reshape(stack.shape[0], -1).max(axis=1).astype(np.float64)
+    maxima = stack.max(axis=tuple(range(1, stack.ndim))).astype(np.float64)  # no copy of a strided view
     if mode == "volume":
         top = maxima.max()
         if top > 0:

@@ -62,7 +62,7 @@ def explain_tiles(network: nn.Module, data: torch.Tensor, mask: torch.Tensor, ti
                   importance: torch.Tensor, target_class: int, layers: Sequence[str], methods: Sequence[CAMMethod], *,
                   members: Sequence[Callable[[], None]] = (), flips: Sequence[tuple[int, ...]] = ((),),
                   progress: Callable[[int, int], None] | None = None,
-                  cancel: Callable[[], bool] | None = None) -> TileExplanation:
+                  cancel: Callable[[], bool] | None = None, autocast: str | None = None) -> TileExplanation:
     """Explain y_M of a stitched sliding-window prediction.
 
     Args:
@@ -80,6 +80,7 @@ def explain_tiles(network: nn.Module, data: torch.Tensor, mask: torch.Tensor, ti
         progress: Called as progress(done, total) after each tile (total = tiles with M x
             members x flips).
         cancel: Called before each tile; returning True raises ``ExplanationCancelled``.
+        autocast: None (float32) or "bf16" (``cam.engine.layer_maps``).
 
     Returns:
         The maps in the tiles' (padded) frame and the identity quantities.
@@ -124,7 +125,7 @@ def explain_tiles(network: nn.Module, data: torch.Tensor, mask: torch.Tensor, ti
                     spatial = tuple(a - 2 for a in axes)
                     flipped = torch.flip(coefficients, spatial) if axes else coefficients
                     maps, score = layer_maps(network, torch.flip(x, axes) if axes else x, flipped[None],
-                                             target_class, layers, methods)
+                                             target_class, layers, methods, autocast)
                     y_m += score
                     for key, layer_map in maps.items():
                         raw_sums[key] += float(layer_map.double().sum())

@@ -1,4 +1,4 @@
-"""The words users choose from: pixel sets and normalize modes, each key with a display label and help.
+"""The words users choose from: pixel sets, normalize modes and precisions, each key with a display label and help.
 
 The one definition; the engine, the pipeline, the command line, the Logic and the Slicer widget
 read it. Plain data without torch or numpy, so the Slicer module can fill its menus before
@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 __all__ = ["Choice", "PIXEL_SETS", "FILE_PIXEL_SETS", "NORMALIZATIONS", "DEFAULT_NORMALIZATION", "DEFAULT_POINT_RADIUS",
-           "CLICK_MODES", "DEFAULT_CLICK_MODE", "help_text"]
+           "PRECISIONS", "DEFAULT_PRECISION", "CLICK_MODES", "DEFAULT_CLICK_MODE", "help_text"]
 
 
 class Choice(NamedTuple):
@@ -38,6 +38,16 @@ NORMALIZATIONS: dict[str, Choice] = {
     "none": Choice("None (raw values)", "keep the raw CAM values"),
 }
 DEFAULT_NORMALIZATION = "volume"
+
+# The network's arithmetic. "bf16" runs the forward under torch.autocast(bfloat16): a fast, approximate preview
+# (measured deviation from fp32 in the README), refused where the hardware has no bfloat16.
+PRECISIONS: dict[str, Choice] = {
+    "fp32": Choice("float32 (exact)", "float32 throughout, the exact maps (default)"),
+    "bf16": Choice("bfloat16 preview (approximate)",
+                   "bfloat16 autocast: faster, approximate maps (a few percent of the max), for a preview; CUDA GPUs and "
+                   "CPUs with bfloat16 in hardware (AVX512-BF16, AMX) only, refused elsewhere"),
+}
+DEFAULT_PRECISION = "fp32"
 
 # Click to explain (``cam.interactive``, ``mrml.click``): what M becomes when the user clicks a pixel.
 CLICK_MODES: dict[str, Choice] = {

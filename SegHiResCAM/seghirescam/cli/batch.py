@@ -48,14 +48,19 @@ def run(args: argparse.Namespace) -> int:
     from seghirescam.ct.cases import read_label_names
 
     options = engine_options(args)
+    if "autocast" in options and args.executor == "local":  # refuse a precision this machine lacks before any case
+        from seghirescam.cam.runtime import check_autocast, resolve_device
+
+        check_autocast(resolve_device(args.device), options["autocast"])
     settings = BatchSettings(model=str(args.model) if args.model else None, card=str(args.card) if args.card else None,
                              folds=tuple(args.folds or ("all",)), checkpoint=args.checkpoint,
                              mirroring=args.mirroring, methods=options["methods"],
                              layers=tuple(args.layer) if args.layer else None, device=args.device,
                              batch_size=args.batch_size, normalize=args.normalize, extension=args.format,
-                             map_dtype=args.map_dtype, figure=not args.no_figure, point_radius=args.point_radius,
-                             label_names=read_label_names(args.label_names) if args.label_names else None,
-                             allow_irregular_slices=args.allow_irregular_slices)
+                               map_dtype=args.map_dtype, precision=args.precision, figure=not args.no_figure,
+                               point_radius=args.point_radius,
+                               label_names=read_label_names(args.label_names) if args.label_names else None,
+                               allow_irregular_slices=args.allow_irregular_slices)
     try:
         report = run_batch(args.manifest, args.out, settings, executor=args.executor, scheduler=args.scheduler,
                            workers=args.workers, progress=True)

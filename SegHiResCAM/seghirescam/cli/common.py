@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from seghirescam.cam.method_info import DEFAULT_METHOD_KEYS, METHOD_INFO
-from seghirescam.cam.vocabulary import DEFAULT_NORMALIZATION, DEFAULT_POINT_RADIUS, NORMALIZATIONS, help_text
+from seghirescam.cam.vocabulary import (DEFAULT_NORMALIZATION, DEFAULT_POINT_RADIUS, DEFAULT_PRECISION, NORMALIZATIONS,
+                                        PRECISIONS, help_text)
 from seghirescam.cli.method_option import add_method_option
 
 if TYPE_CHECKING:
@@ -109,7 +110,7 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
 
 
 def add_engine_options(parser: argparse.ArgumentParser) -> None:
-    """``--method``, ``--layer``, ``--device``, ``--batch-size``, ``--normalize``."""
+    """``--method``, ``--layer``, ``--device``, ``--batch-size``, ``--normalize``, ``--precision``."""
     add_method_option(parser, default=DEFAULT_METHOD_KEYS)
     parser.add_argument("--layer", action="append", help="layer to explain, repeatable; default: the model's "
                         "default layer (the U-Net's bottleneck, nnU-Net's deepest encoder stage)")
@@ -118,6 +119,8 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
                         help="slices per batch, or auto (default: auto)")
     parser.add_argument("--normalize", default=DEFAULT_NORMALIZATION, choices=list(NORMALIZATIONS),
                         help=help_text(NORMALIZATIONS))
+    parser.add_argument("--precision", default=DEFAULT_PRECISION, choices=list(PRECISIONS),
+                        help=help_text(PRECISIONS) + f" (default: {DEFAULT_PRECISION})")
 
 
 def add_input_options(parser: argparse.ArgumentParser) -> None:
@@ -168,8 +171,10 @@ def engine_options(args: argparse.Namespace) -> dict:
     methods = tuple(args.method or DEFAULT_METHOD_KEYS)
     if any(METHOD_INFO[key].cost == "perturbation" for key in methods if key in METHOD_INFO):
         logging.getLogger("seghirescam.cam.perturbation").setLevel(logging.INFO)
-    return {"methods": methods, "device": args.device,
-            "batch_size": args.batch_size, "normalize": args.normalize}
+    options = {"methods": methods, "device": args.device, "batch_size": args.batch_size, "normalize": args.normalize}
+    if args.precision != DEFAULT_PRECISION:
+        options["autocast"] = args.precision  # passed only when set: models written before the option work
+    return options
 
 
 class ProgressBar:

@@ -33,6 +33,7 @@ import numpy as np
 from tqdm import tqdm
 
 from seghirescam.atomic import write_json_atomic
+from seghirescam.cam.vocabulary import DEFAULT_PRECISION
 from seghirescam.cohort.loop import process_one
 from seghirescam.cohort.manifest import CaseRow
 from seghirescam.cohort.resume import RECORD_FORMAT, RECORD_NAME, case_key, read_record
@@ -87,7 +88,8 @@ def _explain(row: CaseRow, settings: BatchSettings, loaded: ExplainableModel, fo
                         allow_irregular_slices=settings.allow_irregular_slices)
     result = explain_ct(case.ct, case.mask, loaded, case.target_class, layers=settings.layers,
                         methods=settings.methods, device=device, batch_size=settings.batch_size,
-                        normalize=settings.normalize, progress=progress, map_dtype=np.dtype(settings.map_dtype))
+                        normalize=settings.normalize, progress=progress, map_dtype=np.dtype(settings.map_dtype),
+                        autocast=None if settings.precision == DEFAULT_PRECISION else settings.precision)
     shape = list(case.ct.array.shape)
     written = write_case_outputs(folder, case, result, extension=settings.extension, figure=settings.figure)
     return {**written, "files": {name: Path(p).name for name, p in written["files"].items()},

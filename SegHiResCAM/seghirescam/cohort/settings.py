@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from seghirescam.cam.method_info import DEFAULT_METHOD_KEYS
-from seghirescam.cam.vocabulary import DEFAULT_NORMALIZATION, DEFAULT_POINT_RADIUS
+from seghirescam.cam.vocabulary import DEFAULT_NORMALIZATION, DEFAULT_POINT_RADIUS, DEFAULT_PRECISION
 from seghirescam.models.explainable import ExplainableModel, load_explainable_model
 from seghirescam.models.loading import card_path_for, default_model_path
 
@@ -28,6 +28,7 @@ class BatchSettings:
         normalize: A key of ``cam.vocabulary.NORMALIZATIONS``.
         extension: Heatmap file format: ".nrrd", ".nii.gz" or ".mha".
         map_dtype: "float32" or "float16" (maps held in memory; files are float32).
+        precision: A key of ``cam.vocabulary.PRECISIONS``: "fp32" (exact, default) or "bf16" (approximate preview).
         figure: Whether to write the PNG panel.
         label_names: Label value -> name for segment names (None: the card's classes).
         point_radius: In-plane disc radius (pixels) around a manifest point (``DEFAULT_POINT_RADIUS``).
@@ -48,6 +49,7 @@ class BatchSettings:
     normalize: str = DEFAULT_NORMALIZATION
     extension: str = ".nrrd"
     map_dtype: str = "float32"
+    precision: str = DEFAULT_PRECISION
     figure: bool = True
     label_names: dict[int, str] | None = field(default=None, hash=False)
     point_radius: int = DEFAULT_POINT_RADIUS
@@ -77,5 +79,7 @@ class BatchSettings:
             data.pop(name)
         if not self.allow_irregular_slices:
             data.pop("allow_irregular_slices")  # keys of earlier runs stay valid
+        if data["precision"] == DEFAULT_PRECISION:
+            data.pop("precision")  # the key of an fp32 run stays what it was before the option existed
         data["label_names"] = sorted((int(k), v) for k, v in (self.label_names or {}).items())
         return data

@@ -31,7 +31,7 @@ def explain_ct(ct: Volume, mask: np.ndarray, model: ExplainableModel, target_cla
                layers: Sequence[str] | None = None, methods: Sequence[str | CAMMethod] = DEFAULT_METHODS,
                device: str = "auto", batch_size: int | str = "auto", normalize: str = DEFAULT_NORMALIZATION,
                progress: Callable[[int, int], None] | None = None, cancel: Callable[[], bool] | None = None,
-               map_dtype: np.dtype | type = np.float32) -> ExplanationResult:
+               map_dtype: np.dtype | type = np.float32, autocast: str | None = None) -> ExplanationResult:
     """Explain class ``target_class`` of any explainable model on a CT, whatever its direction matrix.
 
     Args:
@@ -41,6 +41,8 @@ def explain_ct(ct: Volume, mask: np.ndarray, model: ExplainableModel, target_cla
         target_class: Class c.
         layers: Layers to explain (default: the model's ``default_layer``).
         methods, device, batch_size, normalize, progress, cancel, map_dtype: As for ``explain_volume``.
+        autocast: None (float32, default) or "bf16", an approximate preview (``explain_volume``); passed to
+            the model only when set, so models written before the option keep working.
 
     Returns:
         The result with maps in the CT's (k, j, i) order; ``axis`` is the CT's axial numpy axis and
@@ -53,4 +55,4 @@ def explain_ct(ct: Volume, mask: np.ndarray, model: ExplainableModel, target_cla
         raise ValueError(f"the pixel set has shape {mask.shape} but the CT has {ct.array.shape}")
     return model.explain_ct(ct, mask, target_class, layers=layers, methods=methods, device=device,
                             batch_size=batch_size, normalize=normalize, progress=progress, cancel=cancel,
-                            map_dtype=map_dtype)
+                            map_dtype=map_dtype, **({"autocast": autocast} if autocast is not None else {}))

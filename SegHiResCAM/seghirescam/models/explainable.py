@@ -57,8 +57,10 @@ class ExplainableModel(Protocol):
                    methods: Sequence[object] = ..., device: str = "auto", batch_size: int | str = "auto",
                    normalize: str = "volume", progress: Callable[[int, int], None] | None = None,
                    cancel: Callable[[], bool] | None = None,
-                   map_dtype: np.dtype | type = np.float32) -> ExplanationResult:
-        """CAMs of y_M = sum over M of the class logits, maps (k, j, i) on the CT's grid."""
+                   map_dtype: np.dtype | type = np.float32, autocast: str | None = None) -> ExplanationResult:
+        """CAMs of y_M = sum over M of the class logits, maps (k, j, i) on the CT's grid.
+
+        ``autocast`` ("bf16": an approximate preview) is passed only when set (``ct.pipeline.explain_ct``)."""
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,7 @@ import torch
 
 from seghirescam.cam.methods import CAMMethod, resolve_methods
 from seghirescam.cam.result import ExplanationResult
-from seghirescam.cam.runtime import model_on_device, resolve_device
+from seghirescam.cam.runtime import check_autocast, model_on_device, resolve_device
 from seghirescam.cam.tiles import explain_tiles
 from seghirescam.imaging.volumes import Volume
 from seghirescam.models.weights import read_state_dict, state_dict_mismatch
@@ -330,7 +330,7 @@ class MonaiBundleModel:
                    methods: Sequence[str | CAMMethod] = ("seg-hires-grad-cam", "seg-grad-cam"),
                    device: str = "auto", batch_size: int | str = "auto", normalize: str = "volume",
                    progress: Callable[[int, int], None] | None = None, cancel: Callable[[], bool] | None = None,
-                   map_dtype: np.dtype | type = np.float32) -> ExplanationResult:
+                   map_dtype: np.dtype | type = np.float32, autocast: str | None = None) -> ExplanationResult:
         """CAMs of y_M, the sum over M of the stitched class-c logits, on the CT's grid.
 
         Args:
@@ -345,6 +345,7 @@ class MonaiBundleModel:
             progress: Called as progress(done, total) per tile.
             cancel: Returning True raises ``ExplanationCancelled`` before the next tile.
             map_dtype: dtype of the returned maps.
+            autocast: None (float32) or "bf16", an approximate preview (``cam.engine.layer_maps``).
 
         Returns:
             The result; ``axis`` is the CT's axial axis; ``extra`` holds y_M, the exactness sums
@@ -357,6 +358,7 @@ class MonaiBundleModel:
         layers = self._checked(ct, mask, target_class, layers, normalize)
         method_list = resolve_methods(methods)
         torch_device = resolve_device(device)
+        autocast = check_autocast(torch_device, autocast)  # refused before any work
         prepared = self.preprocess_ct(ct)
         data, revert = pad_to_window(prepared.as_tensor().float(), self.window)
         mask_net = torch.zeros(data.shape[1:], dtype=torch.bool)
@@ -364,7 +366,8 @@ class MonaiBundleModel:
         tiles, importance = window_tiles(self.window, tuple(data.shape[1:]))
         network = model_on_device(self.network, torch_device)
         explained = explain_tiles(network, data.to(torch_device), mask_net.to(torch_device), tiles, importance,
-                                  int(target_class), layers, method_list, progress=progress, cancel=cancel)
+                                  int(target_class), layers, method_list, progress=progress, cancel=cancel,
+                                  autocast=autocast)
         keys = list(explained.maps)
         stacked = torch.stack([explained.maps.pop(key)[revert].cpu() for key in keys])
         back = self.to_ct_grid(prepared, stacked, ct, nearest=False)

@@ -40,7 +40,7 @@ def explain_slicewise(ct: Volume, mask: np.ndarray, loaded: LoadedModel, target_
                layers: Sequence[str] | None = None, methods: Sequence[str | CAMMethod] = DEFAULT_METHODS,
                device: str = "auto", batch_size: int | str = "auto", normalize: str = DEFAULT_NORMALIZATION,
                progress: Callable[[int, int], None] | None = None, cancel: Callable[[], bool] | None = None,
-               map_dtype: np.dtype | type = np.float32) -> ExplanationResult:
+               map_dtype: np.dtype | type = np.float32, autocast: str | None = None) -> ExplanationResult:
     """Explain a CT slice by slice along its axial axis, whatever its direction matrix.
 
     Args:
@@ -49,12 +49,12 @@ def explain_slicewise(ct: Volume, mask: np.ndarray, loaded: LoadedModel, target_
         loaded: Model and card (the card gives preprocessing and the size policy).
         target_class: Class c.
         layers: Layers to explain (default: ``cam.layers.default_layers`` of the card's layers).
-        methods, device, batch_size, normalize, progress, cancel, map_dtype: As for
+        methods, device, batch_size, normalize, progress, cancel, map_dtype, autocast: As for
             ``explain_volume``.
 
     Returns:
-        The result with maps in the CT's (k, j, i) order; ``axis`` is the CT's axial numpy
-        axis and ``slices_explained`` indexes along it.
+        The result with maps in the CT's (k, j, i) order (views, C-contiguous only when the CT is stored
+        axially); ``axis`` is the CT's axial numpy axis and ``slices_explained`` indexes along it.
 
     Raises:
         ValueError: If the mask is not on the CT's grid, or as ``explain_volume``.
@@ -66,12 +66,13 @@ def explain_slicewise(ct: Volume, mask: np.ndarray, loaded: LoadedModel, target_
                             layers=tuple(layers or default_layers(loaded.card.layers)), methods=methods, axis=0,
                             batch_size=batch_size, device=device, normalize=normalize,
                             preprocess=loaded.card.preprocess, pad_to_multiple=loaded.card.size_multiple,
-                            progress=progress, cancel=cancel, map_dtype=map_dtype)
+                            progress=progress, cancel=cancel, map_dtype=map_dtype, autocast=autocast)
     n = ct.array.shape[orientation.permutation[0]]
     to_ct_index = (lambda s: n - 1 - s) if orientation.flips[0] else (lambda s: s)
-    maps = {}
-    for key in list(result.maps):  # one map at a time: a reoriented copy replaces its original
-        maps[key] = np.ascontiguousarray(orientation.from_slices(result.maps.pop(key)))
+    # Views in the CT's (k, j, i) order of the maps held as axial slices, not copies: a CT stored with its axial
+    # axis last (KiTS23) then costs the memory of an axial one (untouched zero pages outside M's slices stay
+    # unallocated); a writer that needs contiguous data copies one map at a time.
+    maps = {key: orientation.from_slices(value) for key, value in result.maps.items()}
     return dataclasses.replace(
         result,
         maps=maps,

@@ -20,7 +20,7 @@ import torch
 
 from seghirescam.cam.methods import CAMMethod, resolve_methods
 from seghirescam.cam.result import ExplanationResult
-from seghirescam.cam.runtime import model_on_device, resolve_device
+from seghirescam.cam.runtime import check_autocast, model_on_device, resolve_device
 from seghirescam.cam.tiles import explain_tiles
 from seghirescam.imaging.volumes import Volume
 from seghirescam.models.class_names import class_for_segment_name
@@ -115,7 +115,7 @@ class NnUNetModel:
                    methods: Sequence[str | CAMMethod] = ("seg-hires-grad-cam", "seg-grad-cam"),
                    device: str = "auto", batch_size: int | str = "auto", normalize: str = "volume",
                    progress: Callable[[int, int], None] | None = None, cancel: Callable[[], bool] | None = None,
-                   map_dtype: np.dtype | type = np.float32) -> ExplanationResult:
+                   map_dtype: np.dtype | type = np.float32, autocast: str | None = None) -> ExplanationResult:
         """CAMs of y_M (M on the CT's grid) for nnU-Net's stitched prediction, on the CT's grid.
 
         Args:
@@ -131,6 +131,7 @@ class NnUNetModel:
             progress: Called as progress(done, total) per tile.
             cancel: Returning True raises ``ExplanationCancelled`` before the next tile.
             map_dtype: dtype of the returned maps.
+            autocast: None (float32) or "bf16", an approximate preview (``cam.engine.layer_maps``).
 
         Returns:
             The result; ``axis`` is the CT's axial axis, ``extra`` holds y_M, the exactness
@@ -144,6 +145,7 @@ class NnUNetModel:
                                 normalize)
         method_list = resolve_methods(methods)
         torch_device = resolve_device(device)
+        autocast = check_autocast(torch_device, autocast)  # refused before any work
         prepared = preprocess(self.loaded, self._image(ct))
         mask_net = mask_to_network_frame(self.loaded, prepared, mask)
         data, revert = pad_to_patch(self.loaded, torch.from_numpy(prepared.data))
@@ -155,7 +157,7 @@ class NnUNetModel:
                                   sliding_window_slicers(self.loaded, data.shape[1:], self.tile_step_size),
                                   gaussian_weights(self.loaded), int(target_class), layers, method_list,
                                   members=members, flips=mirror_combinations(self.loaded, self.use_mirroring),
-                                  progress=progress, cancel=cancel)
+                                  progress=progress, cancel=cancel, autocast=autocast)
         finally:
             if network is self.loaded.network:
                 network.load_state_dict(self.loaded.state_dicts[0])
