@@ -868,11 +868,11 @@ class SegHiResCAMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
 
 def _isGradient(key: str) -> bool:
-    """Whether a registered method is answered by one backward (no perturbation, no extra passes)."""
-    from seghirescam.cam.interactive import gradient_methods
+    """Whether a click can afford a registered method (``cam.interactive.click_methods``: no perturbation method)."""
+    from seghirescam.cam.interactive import click_methods
 
     try:
-        gradient_methods([key])
+        click_methods([key])
         return True
     except ValueError:
         return False

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["PHASES", "inject", "fire"]
+__all__ = ["PHASES", "inject", "fire", "as_in_a_terminal"]
 
 _STAGED = (".staging",)
 
@@ -42,6 +42,16 @@ PHASES: dict[str, Callable[[Path, Path], bool]] = {
     # a finished folder of new files moved into place (the old one already moved aside)
     "publish": lambda src, dst: _staged(src) and not _staged(dst) and not src.name.startswith(".tmp-"),
 }
+
+
+def as_in_a_terminal() -> None:
+    """Let SIGINT raise KeyboardInterrupt, as in a terminal's foreground process.
+
+    A process started from a shell's background job inherits SIGINT ignored, and Python then installs
+    no handler: a test that sends SIGINT would see the run finish instead. Use as ``preexec_fn`` of a
+    child process, or call at the start of one.
+    """
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def fire(fault: str) -> None:
@@ -85,6 +95,7 @@ def inject(phase: str, fault: str | Callable[[], None], match: str = "", *, seta
 if __name__ == "__main__":
     phase_name, fault_name, match_text, separator, *command = sys.argv[1:]
     assert separator == "--", "usage: fault_injection.py PHASE FAULT MATCH -- ARGS..."
+    as_in_a_terminal()
     inject(phase_name, fault_name, match_text)
     from seghirescam.cli import main
 

@@ -15,6 +15,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+from fault_injection import as_in_a_terminal as signal_as_in_a_terminal
 from seghirescam import UNet2D
 from seghirescam.cohort.runner import BatchSettings, run_batch
 from seghirescam.cli import main
@@ -257,8 +258,9 @@ def test_ctrl_c_stops_the_run_with_code_130(tmp_path):
     manifest, model = write_cohort(tmp_path / "data", 25)
     out = tmp_path / "out"
     command = [sys.executable, "-m", "seghirescam.cli", "batch", str(manifest), "--out", str(out), "--model",
-               str(model), "--device", "cpu", "--no-figure"]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, encoding="utf-8", errors="replace")
+               str(model), "--device", "cpu", "--no-figure", "--label-names", str(write_label_names(manifest.parent))]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, encoding="utf-8", errors="replace",
+                               preexec_fn=signal_as_in_a_terminal)
     deadline = time.monotonic() + 120
     while not (out / "case0" / "case.json").exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)

@@ -300,7 +300,7 @@ def test_click_to_explain_explains_each_clicked_pixel_on_its_slice(harness, mode
     widget.clickModeComboBox.choose("disc")
     widget.clickRadiusSpinBox.value = 6
     widget.clickCheckBox.checked = True
-    assert widget._clickExplainer is not None and "click a pixel" in widget.ui.statusLabel.text
+    assert widget._clickExplainer is not None and "click a pixel" in widget.ui.statusLabel.text, widget.ui.statusLabel.text
     harness.click_slice_view(ras)
     assert "forward + backward" in widget.ui.statusLabel.text, widget.ui.statusLabel.text
     clicks = [n for n in (harness.scene.GetNthNode(x) for x in range(harness.scene.GetNumberOfNodes()))
