@@ -211,3 +211,18 @@ def test_the_readme_click_example_runs_as_written(real_ct_dir):
         expected = values[0].numpy()
         np.testing.assert_allclose(kidney[key] * kidney.scales[key], expected, rtol=1e-5, atol=1e-5 * expected.max())
     assert namespace["hires"].max() == pytest.approx(1.0)
+
+
+def test_clicks_inside_inference_mode_give_the_same_maps(case):
+    """A caller inside ``torch.inference_mode()`` (an inference tensor as the slice) gets the engine's maps."""
+    loaded, image = case
+    region = np.zeros(tuple(image.shape[1:]), bool)
+    region[10:40, 30:80] = True
+    with torch.inference_mode():
+        frozen = image.clone()
+        explainer = SliceExplainer(loaded.model, frozen, KIDNEY, layers=LAYERS, methods=GRADIENT_METHODS,
+                                   normalize="none", pad_to_multiple=loaded.card.size_multiple)
+        first, second = explainer.explain_mask(region), explainer.explain_pixel(45, 61)
+    assert frozen.is_inference() and explainer.forward_passes == 1
+    _assert_same_maps(first, _reference(case, region))
+    _assert_same_maps(second, _reference(case, second.mask))

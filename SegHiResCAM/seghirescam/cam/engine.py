@@ -143,14 +143,21 @@ def layer_maps(model: nn.Module, x: torch.Tensor, weights: torch.Tensor, target_
             or the precision is unknown or not supported by the device.
     """
     with torch.inference_mode(False):  # called inside torch.inference_mode(): its own work runs outside it
-        x, weights = _normal(x), _normal(weights)
+        x, weights = autograd_tensor(x), autograd_tensor(weights)
         logits, activations = forward_with_graph(model, x, layers, autocast)
         return gradient_maps(logits, activations, weights, target_class, methods, model=model, x=x, cancel=cancel)
 
 
-def _normal(tensor: torch.Tensor) -> torch.Tensor:
+def autograd_tensor(tensor: torch.Tensor) -> torch.Tensor:
     """The tensor, or a normal copy of an inference tensor (made in ``torch.inference_mode``), which autograd
-    could not save for the backward."""
+    could not save for the backward.
+
+    Args:
+        tensor: Any tensor.
+
+    Returns:
+        The tensor itself, or its clone made outside inference mode.
+    """
     return tensor.clone() if tensor.is_inference() else tensor
 
 

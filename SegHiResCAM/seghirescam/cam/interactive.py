@@ -35,7 +35,8 @@ from scipy import ndimage
 from torch import nn
 
 from seghirescam.cam.capture import evaluation_mode, resolve_layers
-from seghirescam.cam.engine import DEFAULT_METHODS, MapKey, forward_with_graph, gradient_maps, upsample_maps
+from seghirescam.cam.engine import (DEFAULT_METHODS, MapKey, autograd_tensor, forward_with_graph, gradient_maps,
+                                    upsample_maps)
 from seghirescam.cam.layers import default_layers, explainable_layers
 from seghirescam.cam.methods import CAMMethod, resolve_methods
 from seghirescam.cam.normalization import check_normalize, normalize_maps
@@ -180,9 +181,10 @@ class SliceExplainer:
             The explainer itself.
         """
         if self._logits is None:
-            padded, _ = pad_slices(self.image[None], self.multiple)
-            with evaluation_mode(self.model):
-                logits, activations = forward_with_graph(self.model, padded, self.layers, self.autocast)
+            with torch.inference_mode(False):  # inside torch.inference_mode() the kept graph is built outside it
+                padded, _ = pad_slices(autograd_tensor(self.image)[None], self.multiple)
+                with evaluation_mode(self.model):
+                    logits, activations = forward_with_graph(self.model, padded, self.layers, self.autocast)
             check_target_class(self.target_class, logits.shape[1])
             self._logits, self._activations, self._padded = logits, activations, padded
             self._padded_size = (int(padded.shape[-2]), int(padded.shape[-1]))
@@ -226,10 +228,11 @@ class SliceExplainer:
             raise ValueError("M is empty: give at least one pixel to explain")
         ran_forward = not self.ready
         self.prepare()
-        weights = torch.zeros(1, *self._padded_size, dtype=torch.bool, device=self.device)
-        weights[0, :self.height, :self.width] = torch.from_numpy(mask).to(self.device)
-        raw, score = gradient_maps(self._logits, self._activations, weights, self.target_class, self.methods,
-                                   model=self.model, x=self._padded, retain_graph=True)
+        with torch.inference_mode(False):  # the backward through the kept graph runs outside inference mode
+            weights = torch.zeros(1, *self._padded_size, dtype=torch.bool, device=self.device)
+            weights[0, :self.height, :self.width] = torch.from_numpy(mask).to(self.device)
+            raw, score = gradient_maps(self._logits, self._activations, weights, self.target_class, self.methods,
+                                       model=self.model, x=self._padded, retain_graph=True)
         upsampled = upsample_maps(raw, self._padded_size, self.height, self.width)
         maps = {key: value[0].cpu().numpy() for key, value in upsampled.items()}
         scales = {key: float(normalize_maps(value[None], self.normalize)[0]) for key, value in maps.items()}
