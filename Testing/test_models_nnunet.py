@@ -508,14 +508,6 @@ def test_bad_model_paths_get_one_clear_cli_error(folders, tmp_path, capsys):
         assert message in err and "Traceback" not in err, err
 
 
-def test_evaluate_says_it_does_not_take_model_folders_yet(folders, tmp_path, capsys):
-    from seghirescam.cli import main
-
-    assert main(["evaluate", "--out", str(tmp_path / "e"), "--model", str(folders["2d"]), "--no-real-ct"]) == 2
-    err = capsys.readouterr().err
-    assert "is a model folder" in err and "Traceback" not in err
-
-
 def test_error_corrupt_checkpoint_and_json(folder_copy):
     checkpoint = folder_copy / "fold_all" / "checkpoint_final.pth"
     checkpoint.write_bytes(np.random.default_rng(0).bytes(5000))
