@@ -46,7 +46,8 @@ def test_the_installed_wheel_runs_the_demo(tmp_path):
     out = tmp_path / "demo-out"
     _run([str(environment / "bin" / "seghirescam"), "demo", "--out", str(out)], cwd=tmp_path)
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
-    assert [target["target"] for target in summary["targets"]] == ["kidney", "tumor"]
+    assert [target["explained_class"] for target in summary["targets"]] == ["kidney", "tumor"]
+    assert [target["target"] for target in summary["targets"]] == ["kidney__M-prediction", "tumor__M-prediction"]
     for target in summary["targets"]:
         for path in target["files"].values():
             assert Path(path).is_file() and Path(path).stat().st_size > 0, path
