@@ -66,6 +66,22 @@ def make_unet(widths=(4, 8, 16), num_classes=3, seed=0) -> UNet2D:
     return model.eval()
 
 
+@pytest.fixture(scope="session")
+def tiny_nnunet_root(tmp_path_factory) -> Path:
+    """The root of the tiny nnU-Net tree (2d and 3d_fullres results folders), built once per session.
+
+    Building it runs nnU-Net's planner and trainer (about 20 s), so every test module shares one tree
+    and treats it as read-only (a test that alters a folder alters a copy). The folders:
+    ``nnunet_folders.ensure_tiny_results(root)``.
+    """
+    require_module("nnunetv2")
+    from nnunet_folders import ensure_tiny_results
+
+    root = tmp_path_factory.mktemp("nnunet-shared")
+    ensure_tiny_results(root)
+    return root
+
+
 @pytest.fixture
 def small_unet() -> UNet2D:
     return make_unet()

@@ -120,14 +120,24 @@ def build_network(config: dict, seed: int = 0) -> torch.nn.Module:
     return network.eval()
 
 
-def make_bundle(root: Path, kind: str, seed: int = 0) -> Path:
-    """Write a bundle folder ``root/<kind>_bundle`` and return it."""
+def make_bundle(root: Path, kind: str, seed: int = 0, pixdim: list[float] | None = None) -> Path:
+    """Write a bundle folder ``root/<kind>_bundle`` and return it.
+
+    Args:
+        root: Where the folder goes.
+        kind: "2d" or "3d".
+        seed: Seeds the random weights.
+        pixdim: The ``Spacingd`` spacing (RAS order, mm; -1 keeps an axis) instead of the kind's own.
+    """
     from monai.bundle import ConfigParser
 
     folder = Path(root) / f"{kind}_bundle"
     (folder / "configs").mkdir(parents=True, exist_ok=True)
     (folder / "models").mkdir(exist_ok=True)
     config = CONFIGS[kind]()
+    if pixdim is not None:
+        spacing = next(t for t in config["preprocessing"]["transforms"] if t["_target_"] == "Spacingd")
+        spacing["pixdim"] = list(pixdim)
     ConfigParser.export_config_file(config, str(folder / "configs" / "inference.json"), indent=2)
     (folder / "configs" / "metadata.json").write_text(json.dumps(metadata(kind), indent=2), encoding="utf-8")
     torch.save(build_network(config, seed).state_dict(), folder / "models" / "model.pt")

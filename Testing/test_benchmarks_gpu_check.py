@@ -29,7 +29,8 @@ def test_refuses_without_cuda():
 
 
 @pytest.mark.slow
-def test_dry_run_prints_one_json_line(tmp_path):
+def test_dry_run_prints_one_json_line(tmp_path, tiny_nnunet_root):
+    (tmp_path / "tiny").symlink_to(tiny_nnunet_root, target_is_directory=True)  # the session's tiny nnU-Net tree
     done = _run("--dry-run", "--rounds", "1", "--subset", "2", "--work", str(tmp_path))
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stdout.strip().splitlines()

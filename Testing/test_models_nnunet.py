@@ -7,6 +7,7 @@ blocked for the whole session (conftest), so everything here runs without them.
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import types
@@ -35,9 +36,12 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="session")
-def folders(tmp_path_factory) -> dict:
-    """{configuration: results folder} of freshly built tiny nnU-Net models."""
-    return mk.make_tiny_results(tmp_path_factory.mktemp("nnunet"))
+def folders(tiny_nnunet_root) -> dict:
+    """{configuration: results folder} of the session's tiny nnU-Net models (nnunetv2's paths point at them)."""
+    for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        os.environ[key] = str(tiny_nnunet_root / key)
+    os.environ.setdefault("nnUNet_compile", "f")
+    return mk.ensure_tiny_results(tiny_nnunet_root)
 
 
 @pytest.fixture(scope="session")

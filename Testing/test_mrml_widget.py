@@ -215,12 +215,11 @@ def test_a_model_that_fails_to_load_is_shown_and_never_replaced(harness, model_f
 
 
 @pytest.mark.slow
-def test_model_folder_picker_loads_an_nnunet_folder_and_lists_its_classes(harness, tmp_path_factory):
-    require_module("nnunetv2")
+def test_model_folder_picker_loads_an_nnunet_folder_and_lists_its_classes(harness, tiny_nnunet_root):
     sys.path.insert(0, str(TESTING))
     from nnunet_folders import ensure_tiny_results
 
-    folder = ensure_tiny_results(tmp_path_factory.mktemp("nnunet"), ("2d",))["2d"]
+    folder = ensure_tiny_results(tiny_nnunet_root)["2d"]
     widget = harness.open_module()
     widget.modelFolderButton.directory = str(folder)  # the user picks the folder
     assert widget.ui.modelPathLineEdit.currentPath == str(folder)
