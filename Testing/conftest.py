@@ -7,6 +7,7 @@ message saying so; under ``CI=true`` they fail instead, so CI never passes by sk
 
 from __future__ import annotations
 
+import fcntl
 import importlib
 import os
 import sys
@@ -25,6 +26,10 @@ REAL_CT_DIR = _real_ct_dir()
 for _blocked in ("torchvision", "timm"):
     sys.modules[_blocked] = None  # type: ignore[assignment]
 ON_CI = os.environ.get("CI", "").lower() == "true"
+WORKER = os.environ.get("PYTEST_XDIST_WORKER")  # "gw0", "gw1", ... under pytest-xdist, else None
+if WORKER is not None:
+    # Each worker gets its share of the CPUs: several workers with all threads each would oversubscribe them.
+    torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
 
 
 def skip_or_fail(reason: str) -> None:
@@ -77,8 +82,16 @@ def tiny_nnunet_root(tmp_path_factory) -> Path:
     require_module("nnunetv2")
     from nnunet_folders import ensure_tiny_results
 
-    root = tmp_path_factory.mktemp("nnunet-shared")
-    ensure_tiny_results(root)
+    if WORKER is None:
+        root = tmp_path_factory.mktemp("nnunet-shared")
+        ensure_tiny_results(root)
+        return root
+    # pytest-xdist: the workers share one tree in the run's common temporary folder; the first builds it
+    root = tmp_path_factory.getbasetemp().parent / "nnunet-shared"
+    root.mkdir(exist_ok=True)
+    with (root.parent / "nnunet-shared.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        ensure_tiny_results(root)
     return root
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import make_unet
 
-from seghirescam.cam.method_info import PlotStyle
+from seghirescam.cam.method_info import COSTS, PlotStyle
 from seghirescam.cam.methods import CAMMethod, register_method, unregister_method
 from seghirescam.evaluation.cases import EvalTarget
 from seghirescam.evaluation.config import EvaluationConfig
@@ -51,13 +51,26 @@ def test_refused_pairs_are_kept_with_their_reason_and_never_run(picky):
     x, m = torch.randn(2, 1, 32, 32), torch.zeros(2, 32, 32, dtype=torch.bool)
     m[:, 10:16, 10:16] = True
     methods = ("seg-hires-grad-cam", PICKY)
-    plan = plan_methods(model, x, m, 1, layers=("bottleneck", "dec1"), methods=methods, expensive_seconds=1e9)
+    plan = plan_methods(model, x, m, 1, layers=("bottleneck", "dec1"), methods=methods, expensive_costs=())
     assert set(plan.refused) == {(PICKY, "bottleneck")} and "4 channels" in plan.refused[(PICKY, "bottleneck")]
     assert plan.accepted_layers(PICKY) == ("dec1",) and plan.expensive == ()
     maps = explain_planned(model, x, m, 1, plan, methods)
     assert set(maps) == {("seg-hires-grad-cam", "bottleneck"), ("seg-hires-grad-cam", "dec1"), (PICKY, "dec1")}
-    everything = plan_methods(model, x, m, 1, layers=("dec1",), methods=methods, expensive_seconds=0.0)
+    everything = plan_methods(model, x, m, 1, layers=("dec1",), methods=methods, expensive_costs=COSTS)
     assert everything.expensive == methods and everything.cheap() == ()
+
+
+def test_the_default_subsamples_exactly_the_perturbation_methods_whatever_the_timing():
+    # A timing threshold made the subsampled set change from run to run (on a busy machine even Seg-HiRes
+    # crossed 0.2 s per slice), so two runs with the same settings could give different tables.
+    model = make_unet((4, 8, 16), num_classes=2)
+    x, m = torch.randn(1, 1, 32, 32), torch.zeros(1, 32, 32, dtype=torch.bool)
+    m[:, 10:16, 10:16] = True
+    config = EvaluationConfig(layers=("dec1",))
+    plan = plan_methods(model, x, m, 1, layers=config.layers, methods=config.methods,
+                        expensive_costs=config.expensive_costs)
+    assert plan.expensive == ("seg-ablation-cam", "seg-score-cam")
+    assert "seg-hires-grad-cam" in plan.cheap() and "seg-fullgrad" in plan.cheap()
 
 
 def test_the_evaluation_shows_refusals_as_na_and_subsamples_expensive_methods(picky):
@@ -69,7 +82,7 @@ def test_the_evaluation_shows_refusals_as_na_and_subsamples_expensive_methods(pi
                               pixel_sets=("label",), sanity_expensive=True)
     x = card.preprocess(torch.from_numpy(target.ct[:2]))
     plan = plan_methods(model, x, torch.from_numpy(target.reference[:2]), 1, layers=config.layers,
-                        methods=config.methods, expensive_seconds=0.0)  # every method "expensive"
+                        methods=config.methods, expensive_costs=COSTS)  # every method "expensive"
     result = evaluate_target(model, card, target, config, plan=plan)
     slices_of = {}
     for row in result.rows:

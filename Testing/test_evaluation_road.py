@@ -54,3 +54,17 @@ def test_batch_imputation_is_seeded_noisy_and_leaves_the_input_alone():
     assert 0.3 < difference[remove].std() < 0.7  # the noise ROAD adds to imputed pixels only
     everything = road_impute(x, np.ones((2, 24, 30), bool), np.random.default_rng(0), noise=0.0)
     np.testing.assert_allclose(everything[0, 0].numpy(), x[0, 0].numpy().mean(), rtol=1e-5)  # nothing kept: mean
+
+
+def test_the_images_solved_in_parallel_give_what_one_thread_gives(monkeypatch):
+    from seghirescam.evaluation import road
+
+    rng = np.random.default_rng(3)
+    x = torch.from_numpy(rng.normal(size=(5, 2, 24, 20)).astype(np.float32))
+    remove = rng.random((5, 24, 20)) < 0.4
+    remove[2] = False  # an image with nothing removed is left as it is
+    parallel = road_impute(x, remove, np.random.default_rng(7))
+    monkeypatch.setattr(road, "_solver_threads", lambda jobs: 1)
+    serial = road_impute(x, remove, np.random.default_rng(7))
+    assert torch.equal(parallel, serial) and torch.equal(parallel[2], x[2])
+    assert road._solver_threads(1) == 1 and road._solver_threads(1000) >= 1

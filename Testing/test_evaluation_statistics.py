@@ -39,3 +39,22 @@ def test_paired_test_without_evidence():
     noise = rng.normal(size=40)
     p_better, p_worse, _ = paired_test(noise, rng.normal(size=40), higher_is_better=True)
     assert verdict(p_better, p_worse, alpha=0.001) == "not shown"
+
+
+def test_the_exact_signed_rank_test_is_scipys_with_ties_and_zeros():
+    from scipy import stats
+
+    from seghirescam.evaluation.statistics import signed_rank_exact
+
+    rng = np.random.default_rng(4)
+    for _ in range(25):
+        n = int(rng.integers(2, 10))
+        difference = np.round(rng.normal(size=n), 1)  # ties
+        difference[rng.random(n) < 0.2] = 0.0  # and zeros
+        if not np.any(difference != 0):
+            continue
+        expected = [stats.wilcoxon(difference, alternative=side, zero_method="zsplit").pvalue
+                    for side in ("greater", "less")]
+        assert np.allclose(signed_rank_exact(difference), expected, rtol=0, atol=1e-12), difference
+    with pytest.raises(ValueError, match="at most"):
+        signed_rank_exact(np.ones(17))

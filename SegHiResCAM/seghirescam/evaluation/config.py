@@ -40,7 +40,8 @@ class EvaluationConfig:
             and the bootstrap.
         sanity_seeds: Independent cascading randomisations (different weights) per stage.
         sanity_slices: Slices per target (seeded subsample) in the randomisation check.
-        expensive_seconds: Methods slower than this per slice (probe) are run on a subsample.
+        expensive_costs: Methods of these registry costs (``MethodInfo.cost``) are run on a subsample; the
+            choice reads the registry, not a timing, so the same settings always give the same tables.
         expensive_slices: Slices per target for those methods (seeded subsample).
         sanity_expensive: Run the randomisation check for those methods too (one forward per channel per
             stage and draw: about 30 s per slice on 2 cores; off by default, the report says so).
@@ -50,10 +51,10 @@ class EvaluationConfig:
 
     layers: tuple[str, ...] = ("bottleneck", "dec2", "dec1")
     methods: tuple[str, ...] = field(default_factory=method_keys)
-    phantoms: int = len(PHANTOM_SEEDS)
-    slices_per_target: int = 4
+    phantoms: int = 4
+    slices_per_target: int = 2
     real_ct_slices: int | None = None
-    steps: int = 5
+    steps: int = 4
     fills: tuple[str, ...] = FILLS
     prediction_fills: tuple[str, ...] = ("road",)
     blur_sigma: float = 8.0
@@ -63,9 +64,9 @@ class EvaluationConfig:
     seed: int = 0
     sanity: bool = True
     sanity_seeds: int = 3
-    sanity_slices: int = 2
-    expensive_seconds: float = 0.2
-    expensive_slices: int = 2
+    sanity_slices: int = 1
+    expensive_costs: tuple[str, ...] = ("perturbation",)
+    expensive_slices: int = 1
     sanity_expensive: bool = False
     curves_at_collapsed: bool = False
     chunk: int = 64

@@ -4,9 +4,10 @@ Every registered method is tried at every explained layer on a small probe batch
 case. A method that refuses a layer (e.g. CAM, defined only at the layer feeding a linear 1x1
 head) raises ``ValueError``: the pair is kept as "n/a" with the method's own reason and never
 run again. The probe also times each method alone; methods costing more than
-``EvaluationConfig.expensive_seconds`` per slice (perturbation methods: Ablation-CAM, Score-CAM
-run one forward per channel) are evaluated on a seeded subsample of each target's slices, so the
-run keeps its time budget whatever the registry holds.
+Methods whose registry cost is in ``EvaluationConfig.expensive_costs`` (by default the perturbation
+methods: Ablation-CAM, Score-CAM run one forward per channel) are evaluated on a seeded subsample of
+each target's slices, so the run keeps its time budget whatever the registry holds. The choice reads
+the registry, not the probe's timing: timings vary from run to run, and the tables must not.
 
 Arrays: x (B, C, H, W), m (B, H, W) bool tensors; maps (B, H, W).
 """
@@ -22,6 +23,7 @@ import torch
 from torch import nn
 
 from seghirescam.cam.engine import explain_slices
+from seghirescam.cam.method_info import method_info
 
 __all__ = ["MethodPlan", "plan_methods", "probe_pairs", "explain_planned"]
 
@@ -93,14 +95,14 @@ def probe_pairs(run: Callable[[tuple[str, ...], tuple[str, ...]], object], layer
 
 
 def plan_methods(model: nn.Module, x: torch.Tensor, m: torch.Tensor, target_class: int, *, layers: Sequence[str],
-                 methods: Sequence[str], expensive_seconds: float) -> MethodPlan:
+                 methods: Sequence[str], expensive_costs: Sequence[str]) -> MethodPlan:
     """Probe every (method, layer) once on a small batch.
 
     Args:
         model: The network.
         x, m, target_class: A probe batch (a few slices holding M).
         layers, methods: What the evaluation explains.
-        expensive_seconds: Seconds per slice above which a method is evaluated on a subsample.
+        expensive_costs: Registry costs (``MethodInfo.cost``) of the methods evaluated on a subsample.
 
     Returns:
         The plan.
@@ -111,7 +113,7 @@ def plan_methods(model: nn.Module, x: torch.Tensor, m: torch.Tensor, target_clas
         pass
     plan = probe_pairs(lambda ls, ms: explain_slices(model, x, m, target_class, layers=ls, methods=ms), layers,
                        methods, per=len(x))
-    plan.expensive = tuple(method for method in methods if plan.seconds_per_slice[method] > expensive_seconds)
+    plan.expensive = tuple(method for method in methods if method_info(method).cost in expensive_costs)
     return plan
 
 

@@ -77,7 +77,9 @@ def curves_figure(curves: dict[tuple[str, str, str, str, str], np.ndarray], frac
     fills = {key[3] for key in curves}
     panels = [panel for panel in _PANELS if panel[0] in fills] or list(_PANELS[:2])  # the fills measured
     fig = _new_figure((3.1 * max(len(panels), 4), 2.5 * len(groups) + 0.9))
-    axes = fig.subplots(len(groups), len(panels), squeeze=False, sharex=True, sharey=True)
+    # Same limits on every panel, set per axis: shared axes make matplotlib's layout quadratic in the panels
+    # (minutes for 6 groups x 6 panels)
+    axes = fig.subplots(len(groups), len(panels), squeeze=False)
     for row, group in enumerate(groups):
         for col, (fill, mode) in enumerate(panels):
             ax = axes[row, col]
@@ -91,8 +93,10 @@ def curves_figure(curves: dict[tuple[str, str, str, str, str], np.ndarray], frac
             if not ax.lines:
                 ax.text(0.5, 0.5, "no slice with y_0 > y_100%", ha="center", transform=ax.transAxes, fontsize=8)
             ax.axhline(0, color="0.85", lw=0.6)
+            ax.set_xlim(0, 100)
             ax.set_ylim(-0.3, 1.3)
             ax.grid(alpha=0.3)
+            ax.tick_params(labelbottom=row == len(groups) - 1, labelleft=col == 0, labelsize=8)
             if row == 0:
                 ax.set_title(f"{_MODE_TITLES.get((fill, mode), mode)}, {_FILL_TITLES[fill]}", fontsize=9)
             if col == 0:

@@ -13,6 +13,9 @@ Arrays: x (N, C, H, W) float tensors, remove (N, H, W) bool arrays.
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import scipy.sparse as sparse
 import scipy.sparse.linalg as sparse_linalg
@@ -85,11 +88,21 @@ def road_impute(x: torch.Tensor, remove: np.ndarray, rng: np.random.Generator, *
     array = x.detach().float().cpu().numpy()
     remove = np.asarray(remove, dtype=bool)
     out = array.copy()
-    for n in range(array.shape[0]):
-        if not remove[n].any():
-            continue
-        for c in range(array.shape[1]):
-            filled = road_impute_image(array[n, c], remove[n])
+    jobs = [(n, c) for n in range(array.shape[0]) if remove[n].any() for c in range(array.shape[1])]
+    # SuperLU releases the GIL: the images are solved on the CPU's cores; the noise is drawn in job order,
+    # so the result does not depend on the number of threads.
+    with ThreadPoolExecutor(max_workers=_solver_threads(len(jobs))) as pool:
+        solved = pool.map(lambda job: road_impute_image(array[job[0], job[1]], remove[job[0]]), jobs)
+        for (n, c), filled in zip(jobs, solved):
             filled[remove[n]] += noise * rng.standard_normal(int(remove[n].sum()))
             out[n, c] = filled
     return torch.from_numpy(out).to(x.device)
+
+
+def _solver_threads(jobs: int) -> int:
+    """Threads for ``jobs`` sparse solves: the CPUs this process may use (at least 1, at most ``jobs``)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(cpus, jobs))

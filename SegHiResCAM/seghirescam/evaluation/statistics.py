@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["bootstrap_ci", "paired_test", "verdict", "BOOTSTRAP_RESAMPLES", "ALPHA"]
+__all__ = ["bootstrap_ci", "paired_test", "signed_rank_exact", "verdict", "BOOTSTRAP_RESAMPLES", "ALPHA",
+           "EXACT_MAX_PAIRS"]
 
 BOOTSTRAP_RESAMPLES = 2000
 ALPHA = 0.05
+EXACT_MAX_PAIRS = 16  # up to here the signed-rank test is exact over all 2^n sign flips (65536 x 16 at most)
 
 
 def bootstrap_ci(values: np.ndarray, rng: np.random.Generator, *, resamples: int = BOOTSTRAP_RESAMPLES,
@@ -56,9 +58,44 @@ def paired_test(a: np.ndarray, b: np.ndarray, *, higher_is_better: bool) -> tupl
     n = int(keep.sum())
     if n < 2 or not np.any(difference != 0):
         return 1.0, 1.0, n
+    if n <= EXACT_MAX_PAIRS:
+        better, worse = signed_rank_exact(difference)
+        return better, worse, n
     better = float(stats.wilcoxon(difference, alternative="greater", zero_method="zsplit").pvalue)
     worse = float(stats.wilcoxon(difference, alternative="less", zero_method="zsplit").pvalue)
     return better, worse, n
+
+
+def signed_rank_exact(difference: np.ndarray) -> tuple[float, float]:
+    """Exact one-sided p-values of the Wilcoxon signed-rank statistic (zeros split), over every sign flip.
+
+    What ``scipy.stats.wilcoxon(..., zero_method="zsplit")`` computes for small samples with ties or zeros
+    (there it runs a permutation test over all 2^n sign flips, seconds per call at n = 13); here the 2^n
+    statistics are one matrix product.
+
+    Args:
+        difference: (n,) finite paired differences, n <= ``EXACT_MAX_PAIRS``.
+
+    Returns:
+        (p that the differences are shifted above 0, p that they are shifted below 0).
+
+    Raises:
+        ValueError: If n > ``EXACT_MAX_PAIRS``.
+    """
+    from scipy.stats import rankdata
+
+    difference = np.asarray(difference, dtype=np.float64)
+    if difference.size > EXACT_MAX_PAIRS:
+        raise ValueError(f"{difference.size} pairs: the exact test enumerates 2^n flips, at most {EXACT_MAX_PAIRS}")
+    ranks = rankdata(np.abs(difference))
+    zero = difference == 0
+    shared = 0.5 * ranks[zero].sum()  # zsplit: a zero's rank counts half to each side, whatever the flip
+    free = ranks[~zero]
+    observed = ranks[difference > 0].sum() + shared
+    flips = (np.arange(2 ** free.size)[:, None] >> np.arange(free.size)) & 1  # (2^m, m) every sign pattern
+    statistics = flips @ free + shared
+    tolerance = 1e-9 * max(1.0, float(ranks.sum()))
+    return float(np.mean(statistics >= observed - tolerance)), float(np.mean(statistics <= observed + tolerance))
 
 
 def verdict(p_better: float, p_worse: float, alpha: float = ALPHA) -> str:

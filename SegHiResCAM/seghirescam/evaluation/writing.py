@@ -106,7 +106,8 @@ def write_evaluation(out: Path, done: list[tuple[EvalTarget, str, TargetResult]]
          + ", ".join(f"{total('span_le_0_' + f)} ({f})" for f in config.fills)
          + " more whose fully filled score y_100% >= y_0. M = prediction empty on every slice for "
          f"{total('empty_m')} target(s)."),
-        (f"- Expensive methods (probe > {config.expensive_seconds} s per slice): {expensive}; each is evaluated on a "
+        (f"- Expensive methods (registry cost {' or '.join(config.expensive_costs) or 'none'}: one forward per channel): "
+         f"{expensive}; each is evaluated on a "
          f"seeded subsample of {config.expensive_slices} slice(s) per target (their cells have a smaller n); "
          f"randomisation {'on the same subsample' if config.sanity_expensive else 'not run for them (cost)'}."),
         (f"- Randomisation: {config.sanity_seeds} independent re-initialisations per stage on {config.sanity_slices} "
