@@ -184,3 +184,37 @@ def test_a_kits_stored_ct_gives_the_axial_maps_without_copies():
     for key, values in expected.maps.items():
         assert result[key].shape == kits.array.shape and result[key].base is not None  # a view, not a copy
         np.testing.assert_allclose(result[key], to_kits(values), rtol=0, atol=1e-6)
+
+
+def test_cpu_auto_batch_prepares_each_slice_once():
+    prepared = []
+
+    def preprocess(slices: torch.Tensor) -> torch.Tensor:
+        prepared.append(len(slices))
+        return slices[:, None]
+
+    volume, mask = _volume_and_mask()
+    result = shc.explain_volume(make_unet(), volume, mask, 1, layers=("bottleneck",), device="cpu",
+                                preprocess=preprocess)
+    assert result.batch_size == 3
+    assert prepared == [3]  # the batch of the 3 slices holding M; no slice is prepared to size the batch
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_volume_check_counts_non_finite_values_without_a_volume_sized_copy(bad):
+    import tracemalloc
+
+    from seghirescam.cam.validation import check_volume_inputs
+
+    volume = np.random.default_rng(0).normal(size=(16, 128, 128)).astype(np.float32)  # 1 MiB
+    mask = np.ones(volume.shape, bool)
+    tracemalloc.start()
+    try:
+        check_volume_inputs(volume, mask, 0)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < volume.size // 8  # no temporary of the volume's shape, not even a bool one
+    volume[3, 5, 7] = volume[9, 0, 1] = bad
+    with pytest.raises(ValueError, match="2 NaN or Inf"):
+        check_volume_inputs(volume, mask, 0)

@@ -1,8 +1,11 @@
 """Benchmark: the engine against its floor and against pytorch-grad-cam's per-slice loop, interleaved.
 
-For each case (model, slice size, pixel set M), every round times each variant once, in an order
-rotated from round to round, and the ratios are taken within the round; the table gives the
-median over rounds (and the range). Variants:
+For each case (model, slice size, pixel set M), every round times each variant once, in a seeded
+random order per round (``--order shuffle``, the default), and the ratios are taken within the round;
+the table gives the median over rounds (and the range). A shuffled order lets each variant follow a
+different one from round to round: with the order only rotated (``--order rotate``), each variant
+always runs right after the same one (the engine after pytorch-grad-cam's loop), so whatever a
+variant leaves behind (freed memory, caches) always falls on the same successor. Variants:
 
   engine       ``explain_volume`` with its defaults (batch "auto", channels-last on the CPU), both
                default methods at the layer, from one forward and one backward per batch
@@ -21,6 +24,7 @@ depth 5) at 512^2. The weights are random (speed does not depend on them). Print
 (``os.getloadavg``) before and after, and torch's thread count.
 
     python benchmarks/bench_engine.py [--rounds 3] [--cases small-256,...] [--paper] [--raw] [--device cpu]
+        [--order shuffle|rotate]
 """
 
 from __future__ import annotations
@@ -118,8 +122,18 @@ def gradcam_loop(model: torch.nn.Module, volume: np.ndarray, mask: np.ndarray, l
     model.zero_grad(set_to_none=True)
 
 
-def run_case(case: Case, rounds: int, layer: str, device: torch.device, gradcam: bool) -> dict[str, list[float]]:
-    """Seconds of every variant in every round (order rotated per round), after one warm-up of each."""
+def round_orders(names: list[str], rounds: int, order: str) -> list[list[str]]:
+    """The variants' order in each round: "shuffle" successive permutations of a generator seeded 0, "rotate"
+    the names shifted by the round's index."""
+    if order == "shuffle":
+        rng = np.random.default_rng(0)
+        return [[names[i] for i in rng.permutation(len(names))] for _ in range(rounds)]
+    return [names[r % len(names):] + names[:r % len(names)] for r in range(rounds)]
+
+
+def run_case(case: Case, rounds: int, layer: str, device: torch.device, gradcam: bool,
+             order: str = "shuffle") -> dict[str, list[float]]:
+    """Seconds of every variant in every round (order per ``round_orders``), after one warm-up of each."""
     model, volume, mask = make_case(case)
     batch = explain_volume(model, volume, mask, TARGET, layers=(layer,), device=device).batch_size
     fast = channels_last_model(model)
@@ -137,9 +151,8 @@ def run_case(case: Case, rounds: int, layer: str, device: torch.device, gradcam:
     with evaluation_mode(model), evaluation_mode(fast):
         for name in names:  # warm-up (oneDNN kernels, the channels-last copy)
             variants[name]()
-        for round_index in range(rounds):
-            shift = round_index % len(names)
-            for name in names[shift:] + names[:shift]:
+        for round_names in round_orders(names, rounds, order):
+            for name in round_names:
                 started = time.perf_counter()
                 variants[name]()
                 times[name].append(time.perf_counter() - started)
@@ -185,6 +198,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-gradcam", action="store_true", help="leave pytorch-grad-cam out")
     parser.add_argument("--raw", action="store_true", help="also print every variant's seconds per round")
+    parser.add_argument("--order", default="shuffle", choices=("shuffle", "rotate"),
+                        help="variants per round: a seeded random order (default) or the fixed order rotated")
     args = parser.parse_args()
     names = list(dict.fromkeys(args.cases.split(",") + (["paper-512", "paper-pixel"] if args.paper else [])))
     device = resolve_device(args.device)
@@ -192,12 +207,12 @@ def main() -> None:
     load_before = os.getloadavg()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability "
           f"{torch.backends.cpu.get_cpu_capability()}, device {device}; layer {args.layer}; methods "
-          f"{', '.join(DEFAULT_METHODS)}; {args.rounds} rounds; load average before {load_before[0]:.2f} "
-          f"{load_before[1]:.2f} {load_before[2]:.2f}", flush=True)
+          f"{', '.join(DEFAULT_METHODS)}; {args.rounds} rounds, order {args.order}; load average before "
+          f"{load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}", flush=True)
     print("| case | batch | slices with M | engine s | floor s | " + " | ".join(r[0] for r in RATIOS) + " |")
     print("|---|---|---|---|---|" + "---|" * len(RATIOS))
     for name in names:
-        times = run_case(CASES[name], args.rounds, args.layer, device, gradcam)
+        times = run_case(CASES[name], args.rounds, args.layer, device, gradcam, args.order)
         print(f"| {CASES[name].name} | {int(times['batch'][0])} | {int(times['slices'][0])} | "
               f"{statistics.median(times['engine']):.3f} | {statistics.median(times['floor']):.3f} | "
               + " | ".join(per_round(times, top, bottom) for _, top, bottom in RATIOS) + " |", flush=True)

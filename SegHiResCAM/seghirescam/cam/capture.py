@@ -126,9 +126,11 @@ def evaluation_mode(model: nn.Module) -> Iterator[nn.Module]:
     ``UserWarning``; the caller's flags are restored on exit, even after an error.
     """
     flags = [(module, module.training) for module in model.modules()]
-    if any(training for _, training in flags):
-        warnings.warn("the model is in training mode; explaining it in eval mode (batch-norm running statistics, "
-                      "no dropout) and restoring its mode afterwards", UserWarning, stacklevel=3)
+    if not any(training for _, training in flags):  # already in eval mode: nothing to set or restore
+        yield model
+        return
+    warnings.warn("the model is in training mode; explaining it in eval mode (batch-norm running statistics, "
+                  "no dropout) and restoring its mode afterwards", UserWarning, stacklevel=3)
     model.eval()
     try:
         yield model

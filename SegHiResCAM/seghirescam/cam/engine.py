@@ -28,10 +28,11 @@ from seghirescam.cam.methods import CAMMethod, resolve_methods
 from seghirescam.cam.perturbation import log_cost_estimate
 from seghirescam.cam.layers import default_layers, explainable_layers
 from seghirescam.cam.normalization import check_normalize, normalize_maps
-from seghirescam.cam.padding import pad_slices, size_multiple
+from seghirescam.cam.padding import pad_slices, padded_size, size_multiple
 from seghirescam.cam.result import ExplanationCancelled, ExplanationResult
 from seghirescam.cam.runtime import (CPU_AUTO_BATCH_PIXELS, auto_batch_size, autocast_context, channels_last_model,
-                                     check_autocast, is_out_of_memory, model_on_device, resolve_device)
+                                     check_autocast, cpu_auto_batch_size, is_out_of_memory, model_on_device,
+                                     resolve_device)
 from seghirescam.cam.validation import check_target_class, check_volume_inputs
 from seghirescam.cam.vocabulary import DEFAULT_NORMALIZATION
 
@@ -423,7 +424,9 @@ def _explain_volume(model: nn.Module, volume: np.ndarray, mask: np.ndarray, targ
 
     with _fast_model(work_model, torch_device, channels_last, method_list) as work_model:
         auto = batch_size == "auto"
-        if auto:
+        if auto and torch_device.type == "cpu":  # the pixel cap alone: no slice needs preparing
+            batch_size = cpu_auto_batch_size(int(np.prod(padded_size(*slices.shape[1:], multiple))), len(todo))
+        elif auto:
             example = pad_slices(prepared(todo[:1])[0], multiple)[0]
             batch_size = auto_batch_size(work_model, example, len(todo), autocast=autocast, owner=model)
         elif isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:

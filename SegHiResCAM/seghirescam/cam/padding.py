@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["size_multiple", "pad_slices"]
+__all__ = ["size_multiple", "padded_size", "pad_slices"]
 
 
 def size_multiple(model: nn.Module, requested: int | None = None) -> int:
@@ -25,6 +25,11 @@ def size_multiple(model: nn.Module, requested: int | None = None) -> int:
     if int(multiple) != multiple or multiple < 1:
         raise ValueError(f"pad_to_multiple must be a positive int, got {multiple!r}")
     return int(multiple)
+
+
+def padded_size(height: int, width: int, multiple: int) -> tuple[int, int]:
+    """(H', W'): H and W rounded up to multiples of ``multiple`` (``size_multiple``), as ``pad_slices`` pads them."""
+    return height + -height % multiple, width + -width % multiple
 
 
 def pad_slices(x: torch.Tensor, multiple: int,
@@ -40,7 +45,8 @@ def pad_slices(x: torch.Tensor, multiple: int,
         (x padded, m padded or None); the inputs themselves when no padding is needed.
     """
     height, width = x.shape[-2:]
-    pad_h, pad_w = -height % multiple, -width % multiple
+    padded_height, padded_width = padded_size(height, width, multiple)
+    pad_h, pad_w = padded_height - height, padded_width - width
     if not pad_h and not pad_w:
         return x, m
     x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")

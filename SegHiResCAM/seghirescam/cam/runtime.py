@@ -13,8 +13,9 @@ import psutil
 import torch
 from torch import nn
 
-__all__ = ["resolve_device", "model_on_device", "auto_batch_size", "autocast_context", "check_autocast",
-           "cpu_supports_bf16", "channels_last_model", "memory_batch_size", "is_out_of_memory", "CPU_AUTO_BATCH_PIXELS"]
+__all__ = ["resolve_device", "model_on_device", "auto_batch_size", "cpu_auto_batch_size", "autocast_context",
+           "check_autocast", "cpu_supports_bf16", "channels_last_model", "memory_batch_size", "is_out_of_memory",
+           "CPU_AUTO_BATCH_PIXELS"]
 
 _MAX_BATCH = {"cpu": 16, "cuda": 256, "mps": 64}
 # "auto" on the CPU: at most this many pixels per batch, with no probe forward. Larger CPU batches are
@@ -149,9 +150,21 @@ def auto_batch_size(model: nn.Module, example: torch.Tensor, n_slices: int, *, a
         A batch size between 1 and a per-device cap (CPU 16, CUDA 256, MPS 64).
     """
     if example.device.type == "cpu":
-        pixels = max(1, example[0, 0].numel())
-        return int(max(1, min(CPU_AUTO_BATCH_PIXELS // pixels, _MAX_BATCH["cpu"], n_slices)))
+        return cpu_auto_batch_size(example[0, 0].numel(), n_slices)
     return memory_batch_size(model, example, n_slices, autocast=autocast, owner=owner)
+
+
+def cpu_auto_batch_size(pixels: int, n_slices: int) -> int:
+    """The CPU's "auto" batch size: at most ``CPU_AUTO_BATCH_PIXELS`` pixels per batch, no forward run.
+
+    Args:
+        pixels: Pixels of one padded slice (H' x W'; D' x H' x W' for a volume).
+        n_slices: How many slices there are to explain (the batch never exceeds it).
+
+    Returns:
+        A batch size between 1 and 16.
+    """
+    return int(max(1, min(CPU_AUTO_BATCH_PIXELS // max(1, int(pixels)), _MAX_BATCH["cpu"], n_slices)))
 
 
 def memory_batch_size(model: nn.Module, example: torch.Tensor, n_slices: int, *, autocast: str | None = None,

@@ -37,10 +37,11 @@ def check_volume_inputs(volume: np.ndarray, mask: np.ndarray, axis: int) -> tupl
         raise ValueError(f"volume must be 3D, got {volume.ndim}D with shape {volume.shape}")
     if not (np.issubdtype(volume.dtype, np.number) and not np.issubdtype(volume.dtype, np.complexfloating)):
         raise ValueError(f"volume must be real numbers, got dtype {volume.dtype}")
-    if np.issubdtype(volume.dtype, np.floating):
+    if np.issubdtype(volume.dtype, np.floating) and volume.size and not (np.isfinite(volume.min())
+                                                                        and np.isfinite(volume.max())):
+        # min and max propagate NaN and reach +-Inf: two passes with no volume-sized temporary; counted only when bad
         bad = int(np.count_nonzero(~np.isfinite(volume)))
-        if bad:
-            raise ValueError(f"volume holds {bad} NaN or Inf values; fill or crop them before explaining")
+        raise ValueError(f"volume holds {bad} NaN or Inf values; fill or crop them before explaining")
     if not isinstance(mask, np.ndarray):
         raise TypeError(f"mask must be a numpy bool array, got {type(mask).__name__}")
     if mask.dtype != np.bool_:
