@@ -91,7 +91,9 @@ def curves_figure(curves: dict[tuple[str, str, str, str, str], np.ndarray], frac
                 ax.plot(100 * fractions, np.nanmean(stack, 0), label=legend_label(method),
                         lw=1.1 if reference else 1.6, **styles[method].matplotlib_kwargs())
             if not ax.lines:
-                ax.text(0.5, 0.5, "no slice with y_0 > y_100%", ha="center", transform=ax.transAxes, fontsize=8)
+                measured = any(k[0] == group and k[3:] == (fill, mode) for k in curves)
+                ax.text(0.5, 0.5, "no slice with y_0 > y_100%" if measured else "not measured for this M",
+                        ha="center", transform=ax.transAxes, fontsize=8)
             ax.axhline(0, color="0.85", lw=0.6)
             ax.set_xlim(0, 100)
             ax.set_ylim(-0.3, 1.3)
@@ -101,7 +103,8 @@ def curves_figure(curves: dict[tuple[str, str, str, str, str], np.ndarray], frac
                 ax.set_title(f"{_MODE_TITLES.get((fill, mode), mode)}, {_FILL_TITLES[fill]}", fontsize=9)
             if col == 0:
                 counts = [len(v) for k, v in curves.items() if k[0] == group and k[3:] == (fill, mode)]
-                ax.set_ylabel(f"{group}, n={max(counts, default=0)}", fontsize=8)
+                wrapped = group.replace(", ", ",\n")  # "kidney (real CT),\nM = model prediction"
+                ax.set_ylabel(f"{wrapped}, n={max(counts, default=0)}", fontsize=8)
             if row == len(groups) - 1:
                 ax.set_xlabel("% of slice pixels removed / inserted", fontsize=8)
     legend = {}
