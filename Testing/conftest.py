@@ -71,11 +71,6 @@ def make_unet(widths=(4, 8, 16), num_classes=3, seed=0) -> UNet2D:
     return model.eval()
 
 
-def pytest_collection_modifyitems(config, items) -> None:
-    """The wheel test first: it takes ~2 min, mostly pip; under pytest-xdist it then runs beside the rest."""
-    items.sort(key=lambda item: Path(str(item.fspath)).name != "test_packaging_wheel.py")
-
-
 @pytest.fixture(scope="session")
 def tiny_nnunet_root(tmp_path_factory) -> Path:
     """The root of the tiny nnU-Net tree (2d and 3d_fullres results folders), built once per session.
