@@ -317,6 +317,32 @@ def ensure_tiny_results(root: Path, configurations: Iterable[str] = ("2d", "3d_f
     return folders
 
 
+def replanned_copy(folder: Path, target: Path, configuration: str, spacing: Sequence[float],
+                   patch_size: Sequence[int]) -> Path:
+    """A copy of a results folder whose plans ask for another spacing and patch size (the same weights).
+
+    The tiny networks are fully convolutional, so the same weights run at any spacing and at any
+    patch size divisible by the strides.
+
+    Args:
+        folder: A results folder (``nnUNetTrainer__nnUNetPlans__<configuration>``).
+        target: Where the copy goes (copied once; its plans are rewritten on every call).
+        configuration: The configuration whose spacing and patch size change.
+        spacing, patch_size: In nnU-Net's order (2 entries for 2d, (z, y, x) for 3d).
+
+    Returns:
+        target.
+    """
+    import json
+
+    if not (target / "fold_all" / "checkpoint_final.pth").is_file():
+        shutil.copytree(folder, target, dirs_exist_ok=True)
+    plans = json.loads((folder / "plans.json").read_text(encoding="utf-8"))
+    plans["configurations"][configuration].update({"spacing": list(spacing), "patch_size": list(patch_size)})
+    (target / "plans.json").write_text(json.dumps(plans, indent=1), encoding="utf-8")
+    return target
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
     """CLI: ``python Testing/nnunet_folders.py OUT_DIR``; prints the results folders and timing."""
     argv = sys.argv[1:] if argv is None else argv

@@ -4,14 +4,13 @@ loaded once and evaluated on the same phantom cases as the shipped U-Net."""
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 
 pytest.importorskip("monai")
 
 import monai_bundles as mb  # noqa: E402
-from nnunet_folders import ensure_tiny_results  # noqa: E402
+from nnunet_folders import ensure_tiny_results, replanned_copy  # noqa: E402
 
 from seghirescam.cli import main  # noqa: E402
 
@@ -50,12 +49,7 @@ def _at_phantom_spacing(folder, work):
     The tiny network is fully convolutional (the same weights run at any spacing and patch size divisible by
     its strides); at its own 1.5 mm every perturbed phantom would be upsampled 4x and cut into ~25 tiles.
     """
-    copy = work / folder.parent.name / folder.name
-    shutil.copytree(folder, copy)
-    plans = json.loads((copy / "plans.json").read_text(encoding="utf-8"))
-    plans["configurations"]["2d"].update({"spacing": [3.0, 3.0], "patch_size": [112, 112]})
-    (copy / "plans.json").write_text(json.dumps(plans), encoding="utf-8")
-    return copy
+    return replanned_copy(folder, work / folder.parent.name / folder.name, "2d", (3.0, 3.0), (112, 112))
 
 
 @pytest.mark.slow

@@ -102,20 +102,15 @@ KITS_PLANS = {"3d_fullres": ([1.0, 0.78125, 0.78125], [128, 128, 128]), "2d": ([
 def kits_plans_folder(folder: Path, configuration: str, work: Path) -> Path:
     """A copy of a tiny results folder whose plans ask for KiTS-like spacing and patch size.
 
-    The tiny networks are fully convolutional, so the same weights run at any spacing and at any
-    patch size divisible by the strides: this gives the network frame and the tile sizes of a real
-    KiTS model (the features per stage stay tiny).
+    This gives the network frame and the tile sizes of a real KiTS model (the features per stage stay
+    tiny): ``nnunet_folders.replanned_copy``.
     """
-    import shutil
+    sys.path.insert(0, str(ROOT / "Testing"))
+    import nnunet_folders
 
-    target = work / "kits_plans" / folder.parent.name / folder.name
-    if not (target / "fold_all" / "checkpoint_final.pth").is_file():
-        shutil.copytree(folder, target, dirs_exist_ok=True)
-    plans = json.loads((folder / "plans.json").read_text())
     spacing, patch = KITS_PLANS[configuration]
-    plans["configurations"][configuration].update({"spacing": spacing, "patch_size": patch})
-    (target / "plans.json").write_text(json.dumps(plans, indent=1))
-    return target
+    return nnunet_folders.replanned_copy(folder, work / "kits_plans" / folder.parent.name / folder.name,
+                                         configuration, spacing, patch)
 
 
 def set_nnunet_env(work: Path) -> None:
