@@ -82,12 +82,9 @@ def tiny_nnunet_root(tmp_path_factory) -> Path:
     require_module("nnunetv2")
     from nnunet_folders import ensure_tiny_results
 
-    if WORKER is None:
-        root = tmp_path_factory.mktemp("nnunet-shared")
-        ensure_tiny_results(root)
-        return root
+    base = tmp_path_factory.getbasetemp()
     # pytest-xdist: the workers share one tree in the run's common temporary folder; the first builds it
-    root = tmp_path_factory.getbasetemp().parent / "nnunet-shared"
+    root = (base if WORKER is None else base.parent) / "nnunet-shared"
     root.mkdir(exist_ok=True)
     with (root.parent / "nnunet-shared.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
